@@ -1,0 +1,3 @@
+from psfl.cli import main
+
+raise SystemExit(main())

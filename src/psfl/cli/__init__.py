@@ -1,0 +1,75 @@
+"""`psfl` command line. Thin: each subcommand lives in its own module of this package,
+registers itself with :func:`command`, parses arguments and calls one library function.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from psfl.errors import PsflError
+from psfl.registry import Registry
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+COMMANDS: Registry[Command] = Registry("command")
+
+
+def command(name: str, help: str):
+    """Decorator for a module-level ``configure(parser)`` function; the module's
+    ``run(args)`` is looked up lazily next to it."""
+
+    def deco(configure: Callable[[argparse.ArgumentParser], None]):
+        module = sys.modules[configure.__module__]
+        COMMANDS.register(name)(Command(help, configure, lambda a: module.run(a)))
+        return configure
+
+    return deco
+
+
+def _load_commands() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
+    parser = argparse.ArgumentParser(
+        prog="psfl",
+        description="Personalized federated learning of GAI-assisted semantic communication.",
+    )
+    from psfl import __version__
+
+    parser.add_argument("--version", action="version", version=f"psfl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        cmd = COMMANDS.get(name)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except PsflError as e:
+        print(f"psfl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
