@@ -1,0 +1,92 @@
+"""Adaptive Global Pruning (AGP), Section III-B, Eq. 22, Algorithm 2.
+
+The server prunes the aggregated student by a ratio zeta_t set by the round's SNRs:
+global magnitude pruning of the weight tensors (not BatchNorm statistics, not biases
+by default). When zeta_t falls, randomly chosen pruned positions are regrown (seeded)
+until the pruned share equals zeta_t. The mask travels with the model and is held
+during local training, so uploads stay sparse.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def pruning_ratio(snrs_db: Sequence[float], psi_min_db: float, psi_max_db: float,
+                  zeta_min: float = 0.0, zeta_max: float = 0.9) -> float:
+    """Eq. 22: zeta_t = (psi_max - mean_k psi_k,t) / (psi_max - psi_min), SNRs in dB,
+    clamped to [zeta_min, zeta_max] (zeta = 1 would prune everything)."""
+    mean = float(sum(snrs_db)) / len(snrs_db)
+    zeta = (psi_max_db - mean) / (psi_max_db - psi_min_db)
+    return float(min(max(zeta, zeta_min), zeta_max))
+
+
+def prunable_keys(state: dict[str, Tensor], prune_biases: bool = False) -> list[str]:
+    """Weight tensors of conv/linear layers (ndim >= 2); biases only if asked. BatchNorm
+    weights/biases and statistics are never pruned."""
+    keys = []
+    for k, v in state.items():
+        if not v.is_floating_point():
+            continue
+        if v.ndim >= 2 or (prune_biases and k.endswith(".bias") and "bn" not in k and "norm" not in k):
+            keys.append(k)
+    return keys
+
+
+def _flat(tensors: dict[str, Tensor], keys: list[str]) -> Tensor:
+    return torch.cat([tensors[k].reshape(-1) for k in keys])
+
+
+def _unflat(flat: Tensor, like: dict[str, Tensor], keys: list[str]) -> dict[str, Tensor]:
+    out, i = {}, 0
+    for k in keys:
+        n = like[k].numel()
+        out[k] = flat[i:i + n].view_as(like[k]).clone()
+        i += n
+    return out
+
+
+def pruned_share(mask: dict[str, Tensor]) -> float:
+    total = sum(m.numel() for m in mask.values())
+    kept = sum(int(m.sum()) for m in mask.values())
+    return 1.0 - kept / total if total else 0.0
+
+
+def update_mask(state: dict[str, Tensor], mask: dict[str, Tensor] | None, zeta: float,
+                keys: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+    """New mask with exactly round(zeta * n) pruned positions over ``keys``.
+
+    More pruning than the current mask: global magnitude pruning of the survivors
+    (already-pruned positions stay pruned). Less: regrow uniformly random pruned
+    positions (drawn from ``generator``) until the pruned share equals zeta.
+    """
+    w = _flat(state, keys).abs()
+    n = w.numel()
+    target = int(round(zeta * n))
+    keep = torch.ones(n, dtype=torch.bool) if mask is None else _flat(mask, keys).bool()
+    pruned_now = n - int(keep.sum())
+    if target > pruned_now:  # prune more: smallest |w| among kept positions
+        score = torch.where(keep, w, torch.full_like(w, -1.0))  # pruned ones sort first
+        order = torch.argsort(score, stable=True)
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[order[:target]] = False
+    elif target < pruned_now:  # regrow random pruned positions
+        pruned_idx = torch.nonzero(~keep).squeeze(1)
+        pick = torch.randperm(pruned_idx.numel(), generator=generator)[: pruned_now - target]
+        keep[pruned_idx[pick]] = True
+    return {k: v.to(torch.float32) for k, v in _unflat(keep, state, keys).items()}
+
+
+def apply_mask(state: dict[str, Tensor], mask: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Zero the pruned positions (returns a new dict; unmasked entries shared)."""
+    return {k: (v * mask[k].to(v.dtype) if k in mask else v) for k, v in state.items()}
+
+
+@torch.no_grad()
+def mask_parameters_(params: dict[str, Tensor], mask: dict[str, Tensor]) -> None:
+    """In place: hold the mask during local training (call after each optimiser step)."""
+    names = [k for k in mask if k in params]
+    if names:
+        torch._foreach_mul_([params[k] for k in names], [mask[k] for k in names])

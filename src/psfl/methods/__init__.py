@@ -1,0 +1,9 @@
+"""Federated methods behind one interface (:class:`FederatedMethod`): client update,
+server aggregation and the codecs that put both on the wire. Runners look a method up
+by name in :data:`METHODS` and only orchestrate."""
+from psfl.methods.base import METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, build_env
+
+# Importing the modules registers the methods.
+from psfl.methods import psfl as _psfl  # noqa: F401,E402
+
+__all__ = ["METHODS", "ClientResult", "FederatedEnv", "FederatedMethod", "Upload", "build_env"]

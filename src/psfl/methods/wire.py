@@ -1,0 +1,85 @@
+"""Model states on the wire: the bytes a method actually sends.
+
+* :func:`encode_model` / :func:`decode_model` — an upload or broadcast of floating-point
+  state entries. Entries listed as ``sparse`` (pruned weights) use the ``sparse`` codec
+  (the cheaper of a bitmask or position coding, plus the non-zero values) whenever
+  that is smaller than dense float32; the rest are dense float32.
+* :func:`encode_masked` / :func:`decode_masked` — AGP's broadcast: the pruning mask as
+  one bit per prunable weight (the client must know it to hold it during training; a
+  regrown weight is exactly zero, so the mask cannot be inferred from the values)
+  followed by the kept values only.
+
+Integer buffers (BatchNorm's ``num_batches_tracked``) never travel: they carry no
+model information.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from psfl.codecs import decode_state, encode_state
+
+
+def wire_keys(state: dict[str, Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def _sparse_pays(t: Tensor) -> bool:
+    # bitmask variant: numel bits + 32 per non-zero  <  32 * numel dense
+    nnz = int(torch.count_nonzero(t))
+    return t.numel() + 32 * nnz < 32 * t.numel()
+
+
+def encode_model(state: dict[str, Tensor], sparse: set[str] | frozenset[str] = frozenset()) -> bytes:
+    keys = wire_keys(state)
+
+    def codec_for(name: str, t: Tensor):
+        return ("sparse", {}) if name in sparse and _sparse_pays(t) else ("dense", {})
+
+    return encode_state({k: state[k].detach().float().contiguous() for k in keys}, codec_for)
+
+
+def decode_model(payload: bytes, template: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Floating-point entries decoded from ``payload``; shapes/dtypes from ``template``."""
+    keys = wire_keys(template)
+    got = decode_state(payload, keys)
+    return {k: got[k].to(template[k].dtype).view_as(template[k]) for k in keys}
+
+
+def encode_masked(state: dict[str, Tensor], mask: dict[str, Tensor]) -> bytes:
+    """Mask bits (prunable entries, in ``mask`` order) + kept values + the other entries."""
+    mkeys = list(mask)
+    bits = np.packbits(torch.cat([mask[k].reshape(-1) for k in mkeys]).numpy().astype(bool))
+    values = {}
+    for k in wire_keys(state):
+        v = state[k].detach().float()
+        values[k] = v.reshape(-1)[mask[k].reshape(-1).bool()].contiguous() if k in mask else v.contiguous()
+    body = encode_state(values, lambda name, t: ("dense", {}))
+    return struct.pack("<I", bits.size) + bits.tobytes() + body
+
+
+def decode_masked(payload: bytes, template: dict[str, Tensor], mask_keys: list[str]
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Inverse of :func:`encode_masked` -> (state, mask)."""
+    (nbytes,) = struct.unpack_from("<I", payload, 0)
+    total = sum(template[k].numel() for k in mask_keys)
+    flat = np.unpackbits(np.frombuffer(payload, np.uint8, nbytes, offset=4), count=total)
+    mask, i = {}, 0
+    for k in mask_keys:
+        n = template[k].numel()
+        mask[k] = torch.from_numpy(flat[i:i + n].astype(np.float32)).view_as(template[k])
+        i += n
+    keys = wire_keys(template)
+    got = decode_state(payload[4 + nbytes:], keys)
+    state = {}
+    for k in keys:
+        if k in mask:
+            full = torch.zeros(template[k].numel(), dtype=torch.float32)
+            full[mask[k].reshape(-1).bool()] = got[k].reshape(-1)
+            state[k] = full.view_as(template[k]).to(template[k].dtype)
+        else:
+            state[k] = got[k].view_as(template[k]).to(template[k].dtype)
+    return state, mask

@@ -1,0 +1,100 @@
+"""Plots and tables from a run's ``metrics.jsonl`` (paper Figs. 4-5 and 13 style)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def client_mean(record: dict[str, Any], key: str) -> float:
+    vals = [c[key] for c in record["clients"] if key in c and c[key] is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def plot_mentor_student(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Loss and accuracy vs round for mentor vs student (Figs. 4-5) + global student."""
+    r = [rec["round"] + 1 for rec in records]
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(r, [client_mean(x, "mentor_total") for x in records], "o-", label="mentor (GSC) $L'_{total}$")
+    ax.plot(r, [client_mean(x, "student_total") for x in records], "s-", label="student (CSC) $L_{total}$")
+    ax.plot(r, [x["global"].get("loss", np.nan) for x in records], "^--", label="global student, test loss")
+    ax.set(xlabel="communication round", ylabel="loss (mean over clients)", title="Loss vs round")
+    ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "loss.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(r, [client_mean(x, "mentor_acc") for x in records], "o-", label="mentor (GSC), PSFL accuracy")
+    ax.plot(r, [client_mean(x, "student_acc") for x in records], "s-", label="student (CSC), local")
+    ax.plot(r, [x["global"]["accuracy"] for x in records], "^--", label="global student, global test")
+    ax.set(xlabel="communication round", ylabel="accuracy", title="Accuracy vs round", ylim=(0, 1))
+    ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "accuracy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def plot_energy(records: Sequence[dict[str, Any]], out_dir: Path) -> Path:
+    """Per-client communication energy per round (box) + the round's pruning ratio."""
+    r = [rec["round"] + 1 for rec in records]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.boxplot([[c["energy_j"] for c in x["clients"]] for x in records], positions=r, widths=0.6)
+    ax.set(xlabel="communication round", ylabel="energy per client upload (J)",
+           title="Communication energy (Eqs. 12-14)")
+    if any("zeta" in x for x in records):
+        ax2 = ax.twinx()
+        ax2.plot(r, [x.get("zeta", np.nan) for x in records], "r.--", label=r"$\zeta_t$ (Eq. 22)")
+        ax2.set_ylabel(r"pruning ratio $\zeta_t$", color="r")
+        ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    path = out_dir / "energy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summary_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    last = records[-1]
+    g = last["global"]
+    energy = [x["energy_j"] for x in records]
+    bits = [x["upload_bits"] / max(1, len(x["clients"])) for x in records]
+    rows = [
+        ("method", str(last["method"])),
+        ("rounds", str(len(records))),
+        ("PSFL accuracy (mean mentor acc, last round)", f"{client_mean(last, 'mentor_acc'):.4f}"),
+        ("  mentor acc, round 1", f"{client_mean(records[0], 'mentor_acc'):.4f}"),
+        ("mean student local acc (last round)", f"{client_mean(last, 'student_acc'):.4f}"),
+        ("global model accuracy (global test)", f"{g['accuracy']:.4f}"),
+        ("  global accuracy, round 1", f"{records[0]['global']['accuracy']:.4f}"),
+        ("global PSNR / SSIM", f"{g.get('psnr', float('nan')):.2f} dB / {g.get('ssim', float('nan')):.4f}"),
+        ("zeta trace", " ".join(f"{x.get('zeta', 0):.2f}" for x in records)),
+        ("energy per round (J), mean", f"{np.mean(energy):.4f}"),
+        ("energy total (J)", f"{np.sum(energy):.4f}"),
+        ("upload bits per client per round, mean", f"{np.mean(bits):,.0f}"),
+        ("wall time (s)", f"{sum(x['time_s'] for x in records):.1f}"),
+    ]
+    return rows
+
+
+def format_table(rows: Sequence[tuple[str, str]]) -> str:
+    w = max(len(a) for a, _ in rows)
+    line = "-" * (w + 3 + max(len(b) for _, b in rows))
+    return "\n".join([line] + [f"{a:<{w}} | {b}" for a, b in rows] + [line])
+
+
+def write_report(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = plot_mentor_student(records, out_dir)
+    paths.append(plot_energy(records, out_dir))
+    (out_dir / "summary.txt").write_text(format_table(summary_rows(records)) + "\n")
+    return paths

@@ -1,0 +1,1 @@
+"""Runners only orchestrate: they call a :class:`psfl.methods.FederatedMethod`."""

@@ -1,0 +1,111 @@
+"""Server math: FedAvg (Eq. 10), AGP (Eq. 22 + pruning/regrowth), energy (Eqs. 12-14)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from psfl.fl.agp import (apply_mask, mask_parameters_, prunable_keys, pruned_share, pruning_ratio,
+                         update_mask)
+from psfl.fl.aggregate import fedavg
+from psfl.fl.energy import communication_energy, link_cost, round_snrs, transmission_delay, uplink_rate
+from psfl.fl.mentors import assign_mentors
+
+
+def test_fedavg_weighted_by_num_samples_including_buffers():
+    a = {"w": torch.tensor([1.0, 2.0]), "bn.running_mean": torch.tensor([0.0]),
+         "bn.num_batches_tracked": torch.tensor(10)}
+    b = {"w": torch.tensor([3.0, 6.0]), "bn.running_mean": torch.tensor([4.0]),
+         "bn.num_batches_tracked": torch.tensor(20)}
+    out = fedavg([a, b], [1, 3])
+    torch.testing.assert_close(out["w"], torch.tensor([2.5, 5.0]))  # (1*1 + 3*3)/4, (2 + 18)/4
+    torch.testing.assert_close(out["bn.running_mean"], torch.tensor([3.0]))
+    assert out["bn.num_batches_tracked"].dtype == torch.int64
+    assert int(out["bn.num_batches_tracked"]) == 18  # round(17.5) -> 18 (banker's: 18)
+
+
+def test_pruning_ratio_eq22_hand_and_clamp():
+    # mean 10 dB, psi in [0, 25] dB: (25 - 10) / 25 = 0.6
+    assert pruning_ratio([5.0, 15.0], 0.0, 25.0) == pytest.approx(0.6)
+    assert pruning_ratio([0.0, 0.0], 0.0, 25.0, zeta_max=0.9) == pytest.approx(0.9)  # clamped
+    assert pruning_ratio([25.0], 0.0, 25.0) == 0.0
+    assert pruning_ratio([30.0], 0.0, 25.0) == 0.0  # clamped below
+
+
+def _state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g),
+            "bn.weight": torch.ones(4), "bn.running_var": torch.ones(4),
+            "fc.weight": torch.randn(10, 8, generator=g), "bn.num_batches_tracked": torch.tensor(3)}
+
+
+def test_prunable_keys_are_weight_tensors_only():
+    st = _state()
+    assert prunable_keys(st) == ["conv.weight", "fc.weight"]
+    assert "conv.bias" in prunable_keys(st, prune_biases=True)
+    assert "bn.weight" not in prunable_keys(st, prune_biases=True)
+
+
+def test_magnitude_pruning_exact_share_and_smallest_removed():
+    st = _state()
+    keys = prunable_keys(st)
+    g = torch.Generator().manual_seed(0)
+    mask = update_mask(st, None, 0.3, keys, g)
+    n = sum(st[k].numel() for k in keys)
+    assert pruned_share(mask) == pytest.approx(round(0.3 * n) / n)
+    flat = torch.cat([st[k].abs().reshape(-1) for k in keys])
+    m = torch.cat([mask[k].reshape(-1) for k in keys]).bool()
+    assert flat[~m].max() <= flat[m].min()  # global magnitude pruning
+    pruned = apply_mask(st, mask)
+    assert all(int((pruned[k] == 0).sum()) == int((mask[k] == 0).sum()) for k in keys)
+    assert torch.equal(pruned["bn.running_var"], st["bn.running_var"])
+
+
+def test_more_pruning_keeps_old_mask_and_regrowth_is_random_and_seeded():
+    st = _state()
+    keys = prunable_keys(st)
+    g = torch.Generator().manual_seed(0)
+    m1 = update_mask(st, None, 0.3, keys, g)
+    st1 = apply_mask(st, m1)
+    m2 = update_mask(st1, m1, 0.6, keys, g)  # zeta rises: prune more
+    assert all(bool((m2[k] <= m1[k]).all()) for k in keys)  # old pruned stay pruned
+    st2 = apply_mask(st1, m2)
+    n = sum(st[k].numel() for k in keys)
+    r1 = update_mask(st2, m2, 0.2, keys, torch.Generator().manual_seed(1))  # zeta falls: regrow
+    r2 = update_mask(st2, m2, 0.2, keys, torch.Generator().manual_seed(1))
+    r3 = update_mask(st2, m2, 0.2, keys, torch.Generator().manual_seed(2))
+    assert pruned_share(r1) == pytest.approx(round(0.2 * n) / n)
+    assert all(bool((r1[k] >= m2[k]).all()) for k in keys)  # only regrowth
+    assert all(torch.equal(r1[k], r2[k]) for k in keys)
+    assert any(not torch.equal(r1[k], r3[k]) for k in keys)
+
+
+def test_mask_held_in_place():
+    p = {"w": torch.ones(2, 2)}
+    mask_parameters_(p, {"w": torch.tensor([[1.0, 0.0], [0.0, 1.0]])})
+    assert torch.equal(p["w"], torch.eye(2))
+
+
+def test_energy_eqs_12_14_hand_computation():
+    # 10 dB -> psi = 10 (linear), v = B log2(11)
+    assert uplink_rate(1e6, 10.0) == pytest.approx(1e6 * math.log2(11.0))
+    assert uplink_rate(1e6, 0.0) == pytest.approx(1e6)  # psi = 1 -> log2(2) = 1
+    assert transmission_delay(8000, 4000.0) == 2.0
+    assert communication_energy(0.1, 2.0) == pytest.approx(0.2)
+    c = link_cost(b"\x00" * 1000, 0.0, 1e6, 0.1)
+    assert c.bits == 8000 and c.delay_s == pytest.approx(8e-3) and c.energy_j == pytest.approx(8e-4)
+
+
+def test_snr_trace_seeded_and_in_range():
+    a = round_snrs("uniform", 0, 3, 9, 0.0, 25.0)
+    assert np.array_equal(a, round_snrs("uniform", 0, 3, 9, 0.0, 25.0))
+    assert not np.array_equal(a, round_snrs("uniform", 0, 4, 9, 0.0, 25.0))
+    assert a.min() >= 0 and a.max() <= 25
+
+
+def test_mentor_rule_reproduces_table1():
+    vols = [1854, 3703, 4429, 4783, 5467, 5634, 5891, 8958, 9281]
+    assert assign_mentors(vols) == ["M"] * 4 + ["L"] * 3 + ["H"] * 2
+    assert assign_mentors(vols, compute_budget=[2] * 8 + [0])[-1] == "M"
+    assert assign_mentors(vols, "uniform-M") == ["M"] * 9
+    assert assign_mentors(vols, overrides=["H"] * 9) == ["H"] * 9
