@@ -1,0 +1,136 @@
+"""``qsgd``: the exact representation of a QSGD s-level quantised tensor (FedPAQ).
+
+Layout: flag byte, varint s, norm (float32), then one of
+
+* flag 0 ``fixed``: every level in ceil(log2(s + 1)) bits, then one sign bit per
+  non-zero level (1 = negative);
+* flag 1 ``elias``: varint n (non-zero levels); Elias-gamma gaps between their
+  positions (first from index -1), n sign bits, Elias-gamma levels (>= 1) -
+  QSGD's recursive-Elias idea for sparse, low-level vectors.
+
+The encoder computes both sizes exactly and writes the smaller (``fixed`` on ties).
+A zero level has no sign on the wire: it dequantises to +0.0 either way.
+
+Two entry points: :func:`encode_qsgd` / :func:`decode_qsgd` on the parts (norm, signs,
+levels, s), and the registered codec on the dequantised tensor (``encode(t, s=, norm=)``),
+which recovers the levels and refuses a tensor that is not ``qsgd_dequantize`` output.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from psfl.codecs.base import ceil_log2, check_consumed, f32_bytes, numel_of, read_f32, register_codec, to_f32_numpy
+from psfl.codecs.bits import BitReader, BitWriter, gamma_bits, read_varint, varint
+from psfl.codecs.ops import qsgd_dequantize
+from psfl.errors import PsflError
+
+QSGD_VARIANTS = ("fixed", "elias")
+
+
+def _parts_numpy(signs: Tensor, levels: Tensor, s: int) -> tuple[np.ndarray, np.ndarray]:
+    lv = levels.detach().reshape(-1).to("cpu", torch.int64).numpy()
+    sg = signs.detach().reshape(-1).to("cpu", torch.int64).numpy()
+    if lv.size and (lv.min() < 0 or lv.max() > s):
+        raise PsflError(f"qsgd codec: levels must lie in [0, {s}], got [{lv.min()}, {lv.max()}]")
+    if np.any((lv > 0) & (sg == 0)):
+        raise PsflError("qsgd codec: a non-zero level has sign 0")
+    return sg, lv
+
+
+def qsgd_variant_nbytes(levels: Tensor, s: int) -> dict[str, int]:
+    """Exact encoded size in bytes of each QSGD variant for these levels."""
+    lv = levels.detach().reshape(-1).to("cpu", torch.int64).numpy()
+    nz = np.flatnonzero(lv)
+    head = 1 + len(varint(int(s))) + 4
+    return {
+        "fixed": head + (lv.size * ceil_log2(int(s) + 1) + nz.size + 7) // 8,
+        "elias": head + len(varint(nz.size))
+        + (gamma_bits(np.diff(nz, prepend=-1)) + nz.size + gamma_bits(lv[nz]) + 7) // 8,
+    }
+
+
+def encode_qsgd(norm: float, signs: Tensor, levels: Tensor, s: int, variant: str | None = None) -> bytes:
+    """Bytes of a QSGD quantisation (see the module docstring for the layout)."""
+    s = int(s)
+    if s < 1:
+        raise PsflError(f"qsgd codec: s must be >= 1, got {s}")
+    sg, lv = _parts_numpy(signs, levels, s)
+    if variant is None:
+        sizes = qsgd_variant_nbytes(levels, s)
+        variant = min(QSGD_VARIANTS, key=lambda v: sizes[v])
+    if variant not in QSGD_VARIANTS:
+        raise PsflError(f"qsgd codec: unknown variant {variant!r}; known: {', '.join(QSGD_VARIANTS)}")
+    nz = np.flatnonzero(lv)  # (n,)
+    head = bytes([QSGD_VARIANTS.index(variant)]) + varint(s) + f32_bytes(norm)
+    w = BitWriter()
+    if variant == "fixed":
+        w.fixed(lv, ceil_log2(s + 1))
+        w.bits(sg[nz] < 0)
+    else:
+        head += varint(nz.size)
+        w.gamma(np.diff(nz, prepend=-1))
+        w.bits(sg[nz] < 0)
+        w.gamma(lv[nz])
+    return head + w.getvalue()
+
+
+def decode_qsgd(payload: bytes, numel: int) -> tuple[float, Tensor, Tensor, int]:
+    """Inverse of :func:`encode_qsgd` -> (norm, signs int8, levels int32, s), flat (numel,).
+
+    Signs of zero levels come back as 0.
+    """
+    if not payload or payload[0] >= len(QSGD_VARIANTS):
+        raise PsflError("qsgd payload: missing or unknown variant flag")
+    variant = QSGD_VARIANTS[payload[0]]
+    s, off = read_varint(payload, 1)
+    norm, off = read_f32(payload, off)
+    lv = np.zeros(numel, dtype=np.int64)
+    if variant == "fixed":
+        r = BitReader(memoryview(payload)[off:])
+        lv[:] = r.fixed(numel, ceil_log2(s + 1))
+        nz = np.flatnonzero(lv)
+    else:
+        n, off = read_varint(payload, off)
+        r = BitReader(memoryview(payload)[off:])
+        nz = np.cumsum(r.gamma(n)) - 1
+        if n and nz[-1] >= numel:
+            raise PsflError(f"qsgd payload: position {int(nz[-1])} outside a tensor of {numel} elements")
+    neg = r.bits(nz.size).astype(bool)
+    if variant == "elias":
+        lv[nz] = r.gamma(nz.size)
+    check_consumed(payload, off + r.bytes_consumed, "qsgd")
+    if lv.size and lv.max() > s:
+        raise PsflError(f"qsgd payload: level {int(lv.max())} above s = {s}")
+    sg = np.zeros(numel, dtype=np.int8)
+    sg[nz] = np.where(neg, -1, 1)
+    return norm, torch.from_numpy(sg), torch.from_numpy(lv.astype(np.int32)), s
+
+
+@register_codec("qsgd", 4)
+class QSGDCodec:
+    """QSGD s-level quantisation: norm, signs and levels, fixed-width or Elias-coded."""
+
+    @staticmethod
+    def encode(t: Tensor, s: int, norm: float, variant: str | None = None) -> bytes:
+        a = to_f32_numpy(t).astype(np.float64)
+        s = int(s)
+        if norm > 0:
+            lv = np.rint(np.abs(a) * s / norm)
+        else:
+            lv = np.zeros_like(a)
+        levels = torch.from_numpy(lv.astype(np.int64))
+        signs = torch.from_numpy(np.sign(a).astype(np.int8))
+        if lv.size and (lv.max() > s or not torch.equal(qsgd_dequantize(norm, signs, levels, s),
+                                                         t.detach().reshape(-1).to("cpu", torch.float32))):
+            raise PsflError(f"qsgd codec: the tensor is not a QSGD quantisation with s = {s}, norm = {norm}; "
+                            "quantise it with qsgd_quantize/qsgd_dequantize first (or use encode_qsgd)")
+        return encode_qsgd(norm, signs, levels, s, variant)
+
+    @staticmethod
+    def decode(payload: bytes, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        norm, signs, levels, s = decode_qsgd(payload, numel_of(shape))
+        return qsgd_dequantize(norm, signs, levels, s).reshape(tuple(shape)).to(dtype)
