@@ -1,0 +1,232 @@
+"""Train, cache and load the frozen evaluator (the paper's pre-trained classifier).
+
+The evaluator is trained on the *clean* training set prepared in the same input space as
+the SC models (the model preset's input preset), so it scores reconstructions ``x_hat``
+directly. Checkpoints are cached by (dataset, data fingerprint, input preset, arch) under
+``cache_dir`` (default ``$PSFL_CACHE/evaluators`` or ``~/.cache/psfl/evaluators``).
+
+Checkpoint format (also accepted from users with ``checkpoint=PATH``)::
+
+    {"arch": "cnn", "state_dict": {...}, "num_classes": 10, "in_chans": 1, "img_size": 28,
+     "info": {...EvaluatorInfo fields...}}   # "info" optional; a bare state dict also works
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psfl.errors import PsflError
+from psfl.evaluate.classifiers import CLASSIFIERS, FrozenClassifier, classifier_accuracy, create_classifier
+
+
+@dataclass
+class EvaluatorInfo:
+    arch: str
+    dataset: str
+    source: str
+    fingerprint: str  # content hash of the dataset arrays (first 16 hex digits)
+    input_preset: str
+    img_size: int
+    in_chans: int
+    num_classes: int
+    epochs: int
+    seed: int
+    test_accuracy: float  # clean test accuracy
+    train_seconds: float
+    path: str = ""
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("PSFL_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "psfl") / "evaluators"
+
+
+def dataset_fingerprint(ds: Any) -> str:
+    """Short content hash of a dataset's four arrays (``ArrayDataset.fingerprint``)."""
+    return ds.fingerprint()[:16]
+
+
+def cache_path(cache_dir: Path, dataset: str, input_preset: str, arch: str, fingerprint: str) -> Path:
+    return Path(cache_dir) / f"{dataset}__{input_preset}__{arch}__{fingerprint}.pt"
+
+
+def fit_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float,
+                   generator: torch.Generator, weight_decay: float = 5e-4, hflip: bool = False,
+                   progress: bool = True, desc: str = "evaluator") -> list[dict[str, float]]:
+    """Plain supervised training: AdamW with a one-cycle learning rate, cross-entropy.
+    ``hflip``: random horizontal flips (natural images only). Returns per-epoch stats."""
+    from tqdm.auto import tqdm
+
+    from psfl.data import iterate_batches
+
+    net.to(memory_format=torch.channels_last)  # faster narrow convs on CPU
+    steps = epochs * math.ceil(x.shape[0] / batch_size)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    history = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    for epoch in range(epochs):
+        net.train()
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for xb, yb in iterate_batches(x, y, batch_size, generator, shuffle=True):
+            if hflip:
+                flip = torch.rand(xb.shape[0], generator=generator) < 0.5
+                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
+            loss = F.cross_entropy(net(xb.contiguous(memory_format=torch.channels_last)), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += xb.shape[0]
+            loss_sum += float(loss.detach()) * xb.shape[0]
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}")
+        dt = time.perf_counter() - t0
+        history.append({"epoch": epoch, "loss": loss_sum / max(seen, 1), "seconds": dt,
+                        "samples_per_s": seen / dt if dt > 0 else float("nan")})
+    bar.close()
+    net.to(memory_format=torch.contiguous_format)  # as a checkpoint loads: identical numerics
+    net.eval()
+    return history
+
+
+def _save(net: nn.Module, info: EvaluatorInfo, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    payload = {"arch": info.arch, "state_dict": state, "num_classes": info.num_classes,
+               "in_chans": info.in_chans, "img_size": info.img_size, "info": dataclasses.asdict(info)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+
+
+def _load(dataset: str, source: str, data_dir: str | None) -> Any:
+    from psfl import data as D
+
+    return D.load_dataset(dataset, source=source, data_dir=data_dir)
+
+
+def _prepare(ds: Any, input_preset: str) -> Any:
+    from psfl import data as D
+
+    return D.prepare(ds, D.INPUT_PRESETS.get(input_preset))
+
+
+def train_evaluator(dataset: str, source: str = "auto", data_dir: str | None = None,
+                    input_preset: str = "native", arch: str = "cnn", epochs: int = 3,
+                    batch_size: int = 128, lr: float = 3e-3, seed: int = 0, hflip: bool = False,
+                    cache_dir: str | Path | None = None, progress: bool = True,
+                    dataset_obj: Any = None) -> FrozenClassifier:
+    """Train ``arch`` on the clean training set (in ``input_preset`` space), measure clean
+    test accuracy, cache the checkpoint and return the frozen classifier (``.info``).
+    ``dataset_obj``: an already loaded ``psfl.data`` dataset (skips loading)."""
+    CLASSIFIERS.get(arch)  # fail early on a bad name
+    if epochs < 1:
+        raise PsflError(f"evaluator epochs must be >= 1, got {epochs}")
+    ds = dataset_obj if dataset_obj is not None else _load(dataset, source, data_dir)
+    prepared = _prepare(ds, input_preset)
+    res = prepared.input
+    num_classes = int(ds.num_classes)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
+        torch.manual_seed(seed)
+        net = create_classifier(arch, res.channels, num_classes, res.size)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    fit_classifier(net, prepared.x_train, prepared.y_train, epochs, batch_size, lr, g, hflip=hflip,
+                   progress=progress, desc=f"evaluator {arch} on {dataset}")
+    seconds = time.perf_counter() - t0
+    acc = classifier_accuracy(net, prepared.x_test, prepared.y_test)
+    fp = dataset_fingerprint(ds)
+    path = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), dataset, res.name, arch, fp)
+    info = EvaluatorInfo(arch, dataset, str(getattr(ds, "source", source)), fp, res.name, res.size, res.channels,
+                         num_classes, epochs, seed, acc, seconds, str(path))
+    _save(net, info, path)
+    return load_classifier_checkpoint(path)  # exactly what later runs will load
+
+
+def load_classifier_checkpoint(path: str | Path, arch: str | None = None, num_classes: int | None = None,
+                               in_chans: int | None = None, img_size: int | None = None) -> FrozenClassifier:
+    """A classifier from a checkpoint dict ``{"arch", "state_dict", ...}`` (or a bare state
+    dict plus ``arch`` and the shape arguments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PsflError(f"evaluator checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise PsflError(f"evaluator checkpoint {path} cannot be read: {e}") from None
+    if not isinstance(obj, dict):
+        raise PsflError(f"evaluator checkpoint {path}: expected a dict, got {type(obj).__name__}")
+    wrapped = "state_dict" in obj
+    state = obj["state_dict"] if wrapped else obj
+    meta = obj if wrapped else {}
+    arch = meta.get("arch", arch)
+    shape = {"num_classes": meta.get("num_classes", num_classes), "in_chans": meta.get("in_chans", in_chans),
+             "img_size": meta.get("img_size", img_size)}
+    missing = [k for k, v in {"arch": arch, **shape}.items() if v is None]
+    if missing:
+        raise PsflError(f"evaluator checkpoint {path} does not say {', '.join(missing)}; "
+                        "save {'arch', 'state_dict', 'num_classes', 'in_chans', 'img_size'}")
+    if arch not in CLASSIFIERS:
+        raise PsflError(f"evaluator checkpoint {path}: unknown arch {arch!r}; known: {', '.join(CLASSIFIERS.names())}")
+    net = create_classifier(arch, int(shape["in_chans"]), int(shape["num_classes"]), int(shape["img_size"]))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise PsflError(f"evaluator checkpoint {path} does not fit arch {arch!r}: {str(e).splitlines()[0]}") from None
+    info = EvaluatorInfo(**meta["info"]) if "info" in meta else None
+    if info is not None:
+        info.path = str(path)
+    return FrozenClassifier(net, info)
+
+
+def load_evaluator(dataset: str, source: str = "auto", data_dir: str | None = None,
+                   input_preset: str = "native", arch: str = "cnn", epochs: int = 3,
+                   checkpoint: str | Path | None = None, cache_dir: str | Path | None = None,
+                   train_if_missing: bool = True, progress: bool = True, seed: int = 0) -> FrozenClassifier:
+    """The frozen evaluator for (dataset, input preset, arch): a user ``checkpoint`` if
+    given, else the cached one, else (``train_if_missing``) train and cache it."""
+    from psfl.data import resolve_for
+
+    ds = _load(dataset, source, data_dir)
+    res = resolve_for(ds, input_preset)
+    if checkpoint:
+        return load_classifier_checkpoint(checkpoint, arch, int(ds.num_classes), res.channels, res.size)
+    CLASSIFIERS.get(arch)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache_path(root, dataset, res.name, arch, dataset_fingerprint(ds))
+    if path.is_file():
+        return load_classifier_checkpoint(path)
+    if not train_if_missing:
+        raise PsflError(f"no cached evaluator {path.name} in {path.parent}; train one with "
+                        f"`psfl evaluator train --dataset {dataset} --input-preset {input_preset} --arch {arch}`")
+    print(f"psfl: no cached evaluator for {dataset}/{input_preset}/{arch}; training one "
+          f"({epochs} epochs, cached at {path})", file=sys.stderr)
+    return train_evaluator(dataset, source, data_dir, input_preset, arch, epochs, seed=seed,
+                           cache_dir=cache_dir, progress=progress, dataset_obj=ds)
+
+
+def list_evaluators(cache_dir: str | Path | None = None) -> list[EvaluatorInfo]:
+    """Metadata of every cached evaluator (from the ``.json`` sidecars)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = []
+    for p in sorted(root.glob("*.json")):
+        try:
+            info = EvaluatorInfo(**json.loads(p.read_text()))
+        except (ValueError, TypeError):
+            continue  # not ours / corrupt: skip
+        info.path = str(p.with_suffix(".pt"))
+        out.append(info)
+    return out

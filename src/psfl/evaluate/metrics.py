@@ -1,0 +1,84 @@
+"""Reconstruction quality of an SC model (Section V-B): evaluator accuracy on m_hat, and
+PSNR / SSIM / MSE of m_hat against m on de-normalised [0, 1] images."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psfl.channel import Channel
+
+
+@contextlib.contextmanager
+def using_channel(model: nn.Module, channel: Channel | None) -> Iterator[nn.Module]:
+    """Temporarily replace ``model.channel`` (None: keep the model's own)."""
+    if channel is None:
+        yield model
+        return
+    old = model.channel
+    model.channel = channel
+    try:
+        yield model
+    finally:
+        model.channel = old
+
+
+def to_unit_range(x: Tensor, input: Any = None) -> Tensor:
+    """Model input space -> pixels clamped to [0, 1] (``input``: a ResolvedInput; None
+    means the data already is in [0, 1], the ``native`` preset)."""
+    if input is not None:
+        from psfl.data import denormalize
+
+        x = denormalize(x, input)
+    return x.clamp(0.0, 1.0)
+
+
+def _ssim_kernel(size: int) -> tuple[int, float]:
+    """The standard 11 px Gaussian window (sigma 1.5), shrunk for images under 11 px."""
+    k = min(11, size if size % 2 else size - 1)
+    return k, 1.5 * k / 11
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor,
+                            snr_db: float | Tensor, channel: Channel | None = None,
+                            generator: torch.Generator | None = None, batch_size: int = 256,
+                            input: Any = None) -> dict[str, float]:
+    """Push ``x`` through ``model`` at ``snr_db`` (over ``channel``, default the model's own)
+    and score the reconstructions.
+
+    Returns ``accuracy`` (evaluator top-1 on m_hat), ``psnr`` (dB, mean over images),
+    ``ssim`` (mean over images), ``mse`` (pixels in [0, 1]), and the task-loss terms
+    ``ce`` and ``loss`` = CE + MSE in the model's input space (Eqs. 15/16).
+    """
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+    if x.shape[0] == 0:
+        raise ValueError("evaluate_reconstruction needs at least one image")
+    k, sigma = _ssim_kernel(min(x.shape[-2:]))
+    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k, sigma=sigma)
+    was = model.training
+    model.eval()
+    correct, sq_err, ce_sum, mse_in_sum, n = 0, 0.0, 0.0, 0.0, 0
+    with using_channel(model, channel):
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            snr = snr_db[i:i + batch_size] if isinstance(snr_db, Tensor) and snr_db.ndim else snr_db
+            x_hat = model(xb, snr, generator=generator).x_hat  # (B, C, H, W)
+            logits = evaluator(x_hat)
+            correct += int((logits.argmax(-1) == yb).sum())
+            ce_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            mse_in_sum += float(F.mse_loss(x_hat, xb, reduction="none").flatten(1).mean(1).sum())
+            a, b = to_unit_range(x_hat, input), to_unit_range(xb, input)
+            sq_err += float((a - b).pow(2).flatten(1).mean(1).sum())
+            psnr.update(a, b)
+            ssim.update(a, b)
+            n += xb.shape[0]
+    model.train(was)
+    ce = ce_sum / n
+    return {"accuracy": correct / n, "psnr": float(psnr.compute()), "ssim": float(ssim.compute()),
+            "mse": sq_err / n, "ce": ce, "loss": ce + mse_in_sum / n}

@@ -1,0 +1,194 @@
+"""Evaluator (frozen classifier) training, cache round trip, freezing, and the
+reconstruction metrics of Section V-B."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from psfl.data import ArrayDataset
+from psfl.errors import PsflError
+from psfl.evaluate import (
+    CLASSIFIERS, FrozenClassifier, classifier_accuracy, create_classifier, evaluate_reconstruction,
+    fit_classifier, freeze, list_evaluators, load_classifier_checkpoint, load_evaluator, train_evaluator,
+)
+
+
+def separable_arrays(n: int, seed: int, size: int = 28, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images whose class c is a bright square in quadrant c, on noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.integers(0, 90, (n, size, size)).astype(np.uint8)
+    h = size // 2
+    for c in range(classes):
+        r, q = divmod(c, 2)
+        x[y == c, r * h + 3:r * h + h - 3, q * h + 3:q * h + h - 3] = 230
+    return x, y.astype(np.int64)
+
+
+def synthetic_dataset(n_train: int = 512, n_test: int = 128) -> ArrayDataset:
+    xtr, ytr = separable_arrays(n_train, 0)
+    xte, yte = separable_arrays(n_test, 1)
+    # the name fixes native size/channels (28 px grey); content is synthetic
+    return ArrayDataset("fashion_mnist", xtr, ytr, xte, yte, num_classes=10, source="synthetic")
+
+
+def as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(x).float().div(255).unsqueeze(1), torch.from_numpy(y)
+
+
+@pytest.mark.parametrize("arch", CLASSIFIERS.names())
+@pytest.mark.parametrize("size,chans", [(28, 1), (32, 3), (96, 3)])
+def test_classifier_shapes(arch, size, chans):
+    if arch == "resnet101" and size != 32:
+        pytest.skip("slow to build; the 32 px case covers it")
+    net = create_classifier(arch, chans, 7, size).eval()
+    assert net(torch.rand(2, chans, size, size)).shape == (2, 7)
+
+
+def test_cnn_learns_separable_set():
+    x, y = as_tensors(*separable_arrays(512, 0))
+    xt, yt = as_tensors(*separable_arrays(256, 1))
+    torch.manual_seed(0)
+    net = create_classifier("cnn", 1, 4, 28)
+    assert classifier_accuracy(net, xt, yt) < 0.6
+    hist = fit_classifier(net, x, y, epochs=2, batch_size=32, lr=3e-3, generator=torch.Generator().manual_seed(0),
+                          progress=False)
+    assert len(hist) == 2 and hist[-1]["samples_per_s"] > 0
+    assert classifier_accuracy(net, xt, yt) > 0.9  # chance is 0.25
+
+
+def test_frozen_classifier_passes_gradients_but_gets_none():
+    ev = freeze(create_classifier("cnn", 1, 4, 28))
+    ev.train()  # a no-op: stays in eval mode
+    assert not ev.training and all(not m.training for m in ev.modules())
+    assert all(not p.requires_grad for p in ev.parameters())
+    sc = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1))  # stand-in for an SC model
+    x = torch.rand(4, 1, 28, 28)
+    logits = ev(sc(x))
+    nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is None for p in ev.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in sc.parameters())
+
+
+def test_train_evaluator_cache_round_trip(tmp_path, capsys):
+    ds = synthetic_dataset()
+    ev = train_evaluator("fashion_mnist", input_preset="native", arch="cnn", epochs=2, batch_size=32,
+                         cache_dir=tmp_path, progress=False, dataset_obj=ds)
+    assert isinstance(ev, FrozenClassifier) and not ev.training
+    info = ev.info
+    assert info.test_accuracy > 0.9 and info.img_size == 28 and info.in_chans == 1
+    assert info.fingerprint == ds.fingerprint()[:16]
+    listed = list_evaluators(tmp_path)
+    assert len(listed) == 1 and listed[0].path == info.path and listed[0].test_accuracy == info.test_accuracy
+    again = load_classifier_checkpoint(info.path)
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(ev(x), again(x)) and again.info.arch == "cnn"
+
+
+def test_load_evaluator_uses_cache_or_refuses(tmp_path, monkeypatch):
+    ds = synthetic_dataset(64, 32)
+    monkeypatch.setattr("psfl.evaluate.evaluator._load", lambda *a: ds)
+    with pytest.raises(PsflError, match="psfl evaluator train"):
+        load_evaluator("fashion_mnist", cache_dir=tmp_path, train_if_missing=False)
+    ev = load_evaluator("fashion_mnist", epochs=1, cache_dir=tmp_path, progress=False)  # trains (message)
+    again = load_evaluator("fashion_mnist", cache_dir=tmp_path, train_if_missing=False)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(ev(x), again(x))
+
+
+def test_user_checkpoint_formats(tmp_path):
+    net = create_classifier("cnn", 1, 10, 28)
+    torch.save({"arch": "cnn", "state_dict": net.state_dict(), "num_classes": 10, "in_chans": 1, "img_size": 28},
+               tmp_path / "full.pt")
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    x = torch.rand(2, 1, 28, 28)
+    ref = net.eval()(x)
+    assert torch.allclose(load_classifier_checkpoint(tmp_path / "full.pt")(x), ref)
+    assert torch.allclose(load_classifier_checkpoint(tmp_path / "bare.pt", "cnn", 10, 1, 28)(x), ref)
+    with pytest.raises(PsflError, match="does not say arch"):
+        load_classifier_checkpoint(tmp_path / "bare.pt")
+    with pytest.raises(PsflError, match="does not fit"):
+        load_classifier_checkpoint(tmp_path / "bare.pt", "resnet18", 10, 1, 28)
+    with pytest.raises(PsflError, match="does not exist"):
+        load_classifier_checkpoint(tmp_path / "nope.pt")
+
+
+class IdentityCodec(nn.Module):
+    """SC stand-in: the image itself crosses the channel (x_hat = Y rescaled), so the
+    reconstruction quality is set by the SNR alone."""
+
+    def __init__(self, channel: str = "awgn") -> None:
+        super().__init__()
+        from psfl.channel import create_channel
+
+        self.channel = create_channel(channel)
+
+    def forward(self, x, snr_db, generator=None, mask_ratio=0.0):
+        from psfl.models.base import SCOutput
+
+        z = x.flatten(1).unsqueeze(1)  # (B, 1, C*H*W)
+        rms = z.pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+        X, Y = self.channel(z, snr_db, generator)
+        x_hat = (Y * rms).view_as(x)
+        return SCOutput(S=z, X=X, Y=Y, C=Y, x_hat=x_hat, grid=(1, 1))
+
+
+def test_evaluate_reconstruction_quality_rises_with_snr():
+    x, y = as_tensors(*separable_arrays(64, 2))
+    ev = freeze(create_classifier("cnn", 1, 4, 28))
+    rows = [evaluate_reconstruction(IdentityCodec(), ev, x, y, snr, generator=torch.Generator().manual_seed(0),
+                                    batch_size=24) for snr in (0.0, 10.0, 20.0, 40.0)]
+    for r in rows:
+        assert set(r) == {"accuracy", "psnr", "ssim", "mse", "ce", "loss"}
+        assert 0 <= r["accuracy"] <= 1 and -1 <= r["ssim"] <= 1 and r["mse"] >= 0
+        assert r["loss"] >= r["ce"]
+    psnr, ssim = [r["psnr"] for r in rows], [r["ssim"] for r in rows]
+    assert psnr == sorted(psnr) and ssim == sorted(ssim) and psnr[-1] > 35 and ssim[-1] > 0.99
+    assert rows[-1]["psnr"] == pytest.approx(-10 * np.log10(rows[-1]["mse"]), abs=0.5)  # near-uniform error
+
+
+def test_evaluate_reconstruction_denormalises_and_swaps_channel():
+    from psfl.channel import create_channel
+    from psfl.data import ResolvedInput
+
+    x, y = as_tensors(*separable_arrays(16, 3))
+    res = ResolvedInput("custom", 28, 1, (0.5,), (0.25,))
+    xn = (x - 0.5) / 0.25  # model space
+    ev = freeze(create_classifier("cnn", 1, 4, 28))
+    model = IdentityCodec()
+    r = evaluate_reconstruction(model, ev, xn, y, 60.0, generator=torch.Generator().manual_seed(0), input=res)
+    assert r["psnr"] > 50
+    own = model.channel
+    r2 = evaluate_reconstruction(model, ev, xn, y, 10.0, channel=create_channel("rayleigh"),
+                                 generator=torch.Generator().manual_seed(0), input=res)
+    assert model.channel is own and r2["psnr"] < r["psnr"]
+
+
+def test_transmit_writes_png(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from psfl import data as D
+    from psfl.evaluate.transmit import transmit_checkpoint
+    from psfl.models import create_model, save_model_checkpoint
+
+    ds = synthetic_dataset(64, 16)
+    monkeypatch.setattr(D, "load_dataset", lambda *a, **k: ds)
+    model = create_model("tiny-CSC", img_size=28, in_chans=1)
+    ckpt = save_model_checkpoint(model, tmp_path / "model.pt", {"dataset": "fashion_mnist", "input_preset": "native"})
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(tmp_path / "photo.jpg")
+    r, png = transmit_checkpoint(ckpt, 10.0, tmp_path / "grid.png", dataset="fashion_mnist", indices=[0, 3],
+                                 images=[tmp_path / "photo.jpg"], evaluator_cache_dir=str(tmp_path / "cache"),
+                                 progress=False)
+    assert png.is_file() and len(r.psnr) == 3 and r.labels[:2] == [int(ds.y_test[0]), int(ds.y_test[3])]
+    assert r.labels[2] is None and all(0 <= k < 10 for k in r.predicted)
+    with Image.open(png) as im:
+        assert im.width > im.height / 3 * 2 * 0.9  # 2 columns, 3 rows
+        assert im.height >= 3 * 96
+    with pytest.raises(PsflError, match="out of range"):
+        transmit_checkpoint(ckpt, 10.0, tmp_path / "g.png", dataset="fashion_mnist", indices=[999],
+                            evaluator_cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(PsflError, match="does not exist"):
+        transmit_checkpoint(ckpt, 10.0, tmp_path / "g.png", images=[tmp_path / "nope.png"],
+                            evaluator_cache_dir=str(tmp_path / "cache"), progress=False)
