@@ -46,3 +46,62 @@ MODELS: Registry[ModelPreset] = Registry("model preset")
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class SCModel(nn.Module):
+    """Shared pipeline of every semantic-communication model (Eqs. 5-7).
+
+    Subclasses provide the semantic codec (:meth:`semantic_encode` ->
+    ``S (B, L, D)`` and :meth:`semantic_decode`), and set ``channel_encoder``
+    (bias-free ``Linear(D, c)``, the alpha of Eq. 5) and ``channel_decoder``
+    (bias-free ``Linear(c, D)``, the beta of Eq. 7). ``model.channel`` is a plain
+    replaceable attribute (any :class:`psfl.channel.Channel`).
+
+    Attributes every model records: ``family`` ("gsc"/"csc"), ``sem_dim`` (D),
+    ``channel_dim`` (c), ``grid`` (h, w), ``img_size``, ``in_chans``.
+    """
+
+    family: str = ""
+    preset: dict | None = None  # set by psfl.models.create_model: name + build arguments
+    sem_dim: int
+    channel_dim: int
+    grid: tuple[int, int]
+    img_size: int
+    in_chans: int
+    channel_encoder: nn.Module
+    channel_decoder: nn.Module
+    channel: nn.Module
+
+    def semantic_encode(self, x: Tensor, generator: torch.Generator | None,
+                        mask_ratio: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """S(Z, theta) of Eq. 5: image (B, C, H, W) -> S (B, L, D) plus decoder context."""
+        raise NotImplementedError
+
+    def semantic_decode(self, C: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        """S^-1(., delta) of Eq. 7: C (B, L, D) -> m_hat (B, C_in, H, W)."""
+        raise NotImplementedError
+
+    def transmit(self, S: Tensor, snr_db: Tensor | float | None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Eqs. 5-7 around the channel: X = C(S, alpha), Y = H X + N, C = C^-1(Y, beta).
+
+        ``snr_db=None`` is a noiseless link (X power-normalised, Y = X), used by
+        pre-training. Returns ``(X, Y, C)`` with X, Y ``(B, L, c)`` and C ``(B, L, D)``.
+        """
+        z = self.channel_encoder(S)  # (B, L, c)
+        if snr_db is None:
+            from psfl.channel import power_normalize
+
+            X = power_normalize(z)
+            Y = X
+        else:
+            X, Y = self.channel(z, snr_db, generator)  # (B, L, c) each
+        return X, Y, self.channel_decoder(Y)  # C: (B, L, D)
+
+    def forward(self, x: Tensor, snr_db: Tensor | float | None, generator: torch.Generator | None = None,
+                mask_ratio: float = 0.0) -> SCOutput:
+        """m -> S -> X -> channel -> Y -> C -> m_hat (Eqs. 5-7)."""
+        S, ctx = self.semantic_encode(x, generator, mask_ratio)  # (B, L, D)
+        X, Y, C = self.transmit(S, snr_db, generator)
+        x_hat = self.semantic_decode(C, ctx)  # (B, C_in, H, W)
+        return SCOutput(S=S, X=X, Y=Y, C=C, x_hat=x_hat, grid=self.grid, mask=ctx.get("mask"))

@@ -1,0 +1,34 @@
+"""`psfl models`: list model presets with their parameter counts (built on the meta
+device, so even the paper presets are instant)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from psfl.cli import command
+
+
+@command("models", help="List model presets and their parameter counts")
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'cpu-*'")
+    p.add_argument("--img-size", type=int, help="count native-size presets at this size (default 28)")
+    p.add_argument("--in-chans", type=int, help="count native-size presets with these channels (default 1)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from psfl.models import model_table
+
+    rows = model_table(args.pattern, img_size=args.img_size, in_chans=args.in_chans)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<10} {'family':<6} {'input':<12} {'size':>9} {'params':>13} {'vs M':>6}  "
+          f"{'D':>5} {'c':>4} {'grid':>6}  description")
+    for r in rows:
+        ratio = f"{r['ratio_vs_M']:.2f}" if r.get("ratio_vs_M") is not None else ""
+        size = f"{r['img_size']}x{r['img_size']}x{r['in_chans']}"
+        grid = "x".join(map(str, r["grid"]))
+        print(f"{r['name']:<10} {r['family']:<6} {r['input_preset']:<12} {size:>9} {r['params']:>13,} "
+              f"{ratio:>6}  {r['sem_dim']:>5} {r['channel_dim']:>4} {grid:>6}  {r['description']}")
+    return 0

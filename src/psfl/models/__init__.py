@@ -1,0 +1,111 @@
+"""Semantic-communication models (Section II-A, Table I): GSC (MAE ViT) mentors and the
+CSC (ResNet-18) student, built by name from the :data:`MODELS` registry.
+
+    from psfl.models import create_model, list_models, model_info
+    model = create_model("cpu-M", img_size=28, in_chans=1)
+    out = model(x, snr_db=10.0, generator=g)       # SCOutput(S, X, Y, C, x_hat, grid, mask)
+    create_model("paper-H", device="meta")         # 657,924,684 parameters, instantly
+
+Every model has ``forward(x, snr_db, generator=None, mask_ratio=0.0) -> SCOutput`` and
+records ``family``, ``sem_dim`` (D), ``channel_dim`` (c), ``grid``, ``img_size``,
+``in_chans`` and ``preset`` (name + build arguments, used by checkpoints).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from psfl.errors import PsflError
+from psfl.models import presets as _presets  # noqa: F401  (registers the presets)
+from psfl.models.base import MODELS, ModelPreset, SCModel, SCOutput, count_parameters
+from psfl.models.checkpoints import (
+    LoadReport,
+    load_mae_checkpoint,
+    load_model_checkpoint,
+    save_model_checkpoint,
+)
+from psfl.models.csc import CSCConfig, CSCModel
+from psfl.models.gsc import GSCConfig, GSCModel
+
+__all__ = [
+    "MODELS", "ModelPreset", "SCModel", "SCOutput", "count_parameters", "create_model",
+    "list_models", "model_info", "model_table", "GSCConfig", "GSCModel", "CSCConfig", "CSCModel",
+    "LoadReport", "load_mae_checkpoint", "load_model_checkpoint", "save_model_checkpoint",
+]
+
+
+def _preset(name: str) -> ModelPreset:
+    try:
+        return MODELS.get(name)
+    except KeyError as e:
+        raise PsflError(str(e.args[0])) from None
+
+
+def create_model(name: str, img_size: int | None = None, in_chans: int | None = None,
+                 device: torch.device | str | None = None, **overrides: Any) -> nn.Module:
+    """Build preset ``name``. ``img_size``/``in_chans`` default to the preset's (paper:
+    224/3; cpu/tiny presets take the dataset's and require them). ``overrides`` replace
+    fields of the preset's config dataclass (e.g. ``channel="rayleigh"``).
+    ``device="meta"`` builds without memory (for parameter counts)."""
+    preset = _preset(name)
+    kwargs: dict[str, Any] = dict(overrides)
+    if img_size is not None:
+        kwargs["img_size"] = int(img_size)
+    if in_chans is not None:
+        kwargs["in_chans"] = int(in_chans)
+    if device is None:
+        model = preset.build(**kwargs)
+    else:
+        with torch.device(device):
+            model = preset.build(**kwargs)
+    model.preset = {"name": name, "img_size": model.img_size, "in_chans": model.in_chans,
+                    "overrides": dict(overrides)}
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Preset names matching a shell-style ``pattern`` (e.g. ``"cpu-*"``)."""
+    return MODELS.names(pattern)
+
+
+def model_info(name: str, img_size: int | None = None, in_chans: int | None = None) -> dict[str, Any]:
+    """Name, family, trainable parameter count, input preset, sizes and widths of a preset.
+    Built on the meta device (instant, no memory). Native-size presets are counted at
+    28x28x1 unless ``img_size``/``in_chans`` are given."""
+    preset = _preset(name)
+    native = preset.input_preset == "native"
+    if native:
+        img_size, in_chans = img_size or 28, in_chans or 1
+    model = create_model(name, img_size=img_size, in_chans=in_chans, device="meta")
+    return {"name": name, "family": preset.family, "params": count_parameters(model),
+            "input_preset": preset.input_preset, "img_size": model.img_size, "in_chans": model.in_chans,
+            "sem_dim": model.sem_dim, "channel_dim": model.channel_dim, "grid": list(model.grid),
+            "description": preset.description}
+
+
+def model_table(pattern: str = "*", img_size: int | None = None, in_chans: int | None = None
+                ) -> list[dict[str, Any]]:
+    """:func:`model_info` for every preset matching ``pattern`` (native-size presets
+    counted at ``img_size``/``in_chans``, default 28x28x1), ordered M, L, H, CSC within
+    each family prefix, plus ``ratio_vs_M``: the count relative to the ``M`` preset of the
+    same prefix (e.g. ``cpu-L`` / ``cpu-M``), None when the prefix has no M."""
+    names = list_models(pattern)
+    if not names:
+        raise PsflError(f"no model preset matches {pattern!r}; known: {', '.join(list_models())}")
+    tiers = ["M", "L", "H", "CSC"]
+
+    def order(n: str) -> tuple[str, int, str]:
+        prefix, _, tier = n.rpartition("-")
+        return prefix, tiers.index(tier) if tier in tiers else len(tiers), tier
+
+    def info(n: str) -> dict[str, Any]:
+        native = MODELS.get(n).input_preset == "native"
+        return model_info(n, img_size, in_chans) if native else model_info(n)
+
+    rows = [info(n) for n in sorted(names, key=order)]
+    for r in rows:
+        ref = f"{r['name'].rpartition('-')[0]}-M"
+        r["ratio_vs_M"] = r["params"] / info(ref)["params"] if ref in MODELS else None
+    return rows

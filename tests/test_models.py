@@ -1,0 +1,194 @@
+"""Semantic-communication models: registry-parametrised shape/gradient/NaN checks on the
+cpu and tiny presets, exact Table I counts on the meta device, masking, channel."""
+import json
+import math
+
+import pytest
+import torch
+
+from psfl.channel import create_channel
+from psfl.errors import PsflError
+from psfl.models import (MODELS, count_parameters, create_model, list_models, model_info,
+                         model_table)
+from psfl.models.gsc import patchify, sincos_2d, unpatchify
+
+SMALL = list_models("cpu-*") + list_models("tiny-*")
+SHAPES = [(28, 1), (32, 3)]
+
+
+def _batch(size: int, chans: int, b: int = 2) -> torch.Tensor:
+    return torch.rand(b, chans, size, size, generator=torch.Generator().manual_seed(size + chans))
+
+
+@pytest.mark.parametrize("size,chans", SHAPES)
+@pytest.mark.parametrize("name", SMALL)
+def test_forward_shapes_gradients_no_nan(name, size, chans):
+    torch.manual_seed(0)
+    model = create_model(name, img_size=size, in_chans=chans)
+    x = _batch(size, chans)
+    g = torch.Generator().manual_seed(1)
+    out = model(x, 10.0, generator=g)
+    B, (h, w) = x.shape[0], model.grid
+    L, D, c = h * w, model.sem_dim, model.channel_dim
+    assert out.grid == (h, w)
+    assert out.S.shape == (B, L, D) and out.C.shape == (B, L, D)
+    assert out.X.shape == (B, L, c) and out.Y.shape == (B, L, c)
+    assert out.x_hat.shape == x.shape
+    assert out.mask is None
+    loss = (out.x_hat - x).pow(2).mean() + out.S.pow(2).mean() + out.C.pow(2).mean()
+    if model.family == "gsc":  # mask_token is only used by masked (MAE) forwards
+        o2 = model(x, 10.0, generator=g, mask_ratio=0.5)
+        loss = loss + (o2.x_hat - x).pow(2).mean()
+    loss.backward()
+    for t in (out.S, out.X, out.Y, out.C, out.x_hat):
+        assert torch.isfinite(t).all()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"{name}: parameters without a finite gradient: {no_grad}"
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero, f"{name}: parameters with an all-zero gradient: {zero}"
+
+
+PAPER_COUNTS = {"paper-M": 112_442_112, "paper-L": 330_287_872, "paper-H": 657_924_684}
+
+
+@pytest.mark.parametrize("name,count", sorted(PAPER_COUNTS.items()))
+def test_paper_gsc_counts_match_table1_exactly(name, count):
+    model = create_model(name, device="meta")
+    assert count_parameters(model) == count
+    # fixed sin-cos tables are buffers: not trainable, not counted, not in the state dict
+    assert not any("pos_embed" in n for n, _ in model.named_parameters())
+    assert not any("pos_embed" in k for k in model.state_dict())
+    assert model.img_size == 224 and model.in_chans == 3 and model.channel_dim == 512
+
+
+def test_paper_m_is_mae_vit_b_plus_bias_free_channel_codec():
+    model = create_model("paper-M", device="meta")
+    codec = count_parameters(model.channel_encoder) + count_parameters(model.channel_decoder)
+    assert codec == 2 * 768 * 512
+    assert count_parameters(model) - codec == 111_655_680
+    assert model.grid == (14, 14) and create_model("paper-H", device="meta").grid == (16, 16)
+
+
+def test_paper_csc_count_within_two_percent_of_table1():
+    model = create_model("paper-CSC", device="meta")
+    n = count_parameters(model)
+    assert abs(n - 54_721_065) / 54_721_065 < 0.02
+    assert model.grid == (7, 7) and model.sem_dim == 512 and model.channel_dim == 512
+
+
+def test_paper_csc_reconstructs_224_exactly():
+    model = create_model("paper-CSC", device="meta")
+    out = model(torch.empty(1, 3, 224, 224, device="meta"), 10.0)
+    assert tuple(out.x_hat.shape) == (1, 3, 224, 224)
+    assert tuple(out.S.shape) == (1, 49, 512)
+
+
+def test_families_share_one_channel_width():
+    for prefix in ("paper", "cpu", "tiny"):
+        widths = {model_info(n)["channel_dim"] for n in list_models(f"{prefix}-*")}
+        assert len(widths) == 1, (prefix, widths)
+
+
+def test_size_ratios_follow_the_paper_roughly():
+    rows = {r["name"]: r for r in model_table("cpu-*")}
+    assert 2.5 < rows["cpu-L"]["ratio_vs_M"] < 3.3
+    assert 5.3 < rows["cpu-H"]["ratio_vs_M"] < 6.5
+    assert 0.4 < rows["cpu-CSC"]["ratio_vs_M"] < 0.6
+    assert all(r["params"] < 100_000 for r in model_table("tiny-*"))
+
+
+def test_mask_ratio_075_masks_75_percent():
+    model = create_model("tiny-M", img_size=32, in_chans=3)  # 8x8 = 64 patches
+    x = _batch(32, 3, b=4)
+    out = model(x, 10.0, generator=torch.Generator().manual_seed(0), mask_ratio=0.75)
+    assert out.mask.shape == (4, 64)
+    assert out.mask.sum(1).tolist() == [48.0] * 4  # exactly 75 %
+    assert out.S.shape == (4, 16, model.sem_dim)  # only visible tokens are encoded and sent
+    assert out.X.shape == (4, 16, model.channel_dim)
+    assert out.x_hat.shape == x.shape
+    # per-sample masks differ and are reproducible from the generator
+    assert not torch.equal(out.mask[0], out.mask[1])
+    again = model(x, 10.0, generator=torch.Generator().manual_seed(0), mask_ratio=0.75)
+    assert torch.equal(out.mask, again.mask) and torch.allclose(out.x_hat, again.x_hat)
+    # 28x28: 49 patches, MAE keeps int(49 * 0.25) = 12
+    m28 = create_model("tiny-M", img_size=28, in_chans=1)(_batch(28, 1), 10.0, mask_ratio=0.75).mask
+    assert m28.sum(1).tolist() == [37.0, 37.0]
+
+
+def test_mask_ratio_must_be_below_one():
+    model = create_model("tiny-H", img_size=28, in_chans=1)
+    x = _batch(28, 1)
+    with pytest.raises(ValueError):
+        model(x, 10.0, mask_ratio=1.0)
+
+
+def test_csc_rejects_masking():
+    model = create_model("tiny-CSC", img_size=28, in_chans=1)
+    with pytest.raises(ValueError):
+        model(_batch(28, 1), 10.0, mask_ratio=0.75)
+
+
+def test_channel_is_replaceable_and_noiseless_link():
+    model = create_model("tiny-M", img_size=28, in_chans=1)
+    x = _batch(28, 1)
+    out = model(x, None)  # noiseless: Y = X, unit power per symbol
+    assert torch.equal(out.X, out.Y)
+    assert out.X.pow(2).mean(dim=(1, 2)).allclose(torch.ones(2), atol=1e-5)
+    # AWGN at 0 dB: noise variance 1 per real symbol
+    big = model(_batch(28, 1, b=64), 0.0, generator=torch.Generator().manual_seed(0))
+    assert (big.Y - big.X).var().item() == pytest.approx(1.0, rel=0.05)
+    model.channel = create_channel("rayleigh")
+    out = model(x, 10.0, generator=torch.Generator().manual_seed(0))
+    assert out.Y.shape == out.X.shape and torch.isfinite(out.x_hat).all()
+    assert create_model("tiny-CSC", img_size=28, in_chans=1, channel="rician").channel.__class__.__name__ == "Rician"
+
+
+def test_sincos_table_orientation_hand_computation():
+    D, (h, w) = 8, (2, 3)
+    pe = sincos_2d(D, (h, w))  # (1, 1 + 6, 8)
+    assert pe.shape == (1, 7, 8) and pe[0, 0].abs().sum() == 0  # cls row is zero
+    omega = [1.0, 1.0 / 100.0]  # 1 / 10000^(i / 2) for i = 0, 1
+    for r in range(h):
+        for c in range(w):
+            row = pe[0, 1 + r * w + c]
+            want = ([math.sin(c * o) for o in omega] + [math.cos(c * o) for o in omega]
+                    + [math.sin(r * o) for o in omega] + [math.cos(r * o) for o in omega])
+            assert row.tolist() == pytest.approx(want, abs=1e-6)
+
+
+def test_patchify_round_trip_and_mae_order():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    p = patchify(x, 4)  # (2, 4, 48)
+    assert p.shape == (2, 4, 48)
+    assert torch.equal(unpatchify(p, 4, (2, 2), 3), x)
+    # patch 1 = top-right; its first vector entries are pixel (0, 4) of channels 0, 1, 2
+    assert p[0, 1, :3].tolist() == [x[0, 0, 0, 4].item(), x[0, 1, 0, 4].item(), x[0, 2, 0, 4].item()]
+
+
+def test_registry_errors_are_clear():
+    with pytest.raises(PsflError, match="unknown model preset"):
+        create_model("paper-XL")
+    with pytest.raises(PsflError, match="img_size"):
+        create_model("cpu-M")
+    with pytest.raises(PsflError, match="unknown override"):
+        create_model("tiny-M", img_size=28, in_chans=1, embed_width=3)
+    assert set(list_models("paper-*")) == {"paper-M", "paper-L", "paper-H", "paper-CSC"}
+    for name in MODELS:
+        assert MODELS.get(name).family in ("gsc", "csc")
+
+
+def test_create_model_records_preset_and_overrides():
+    m = create_model("tiny-L", img_size=32, in_chans=3, channel_dim=12)
+    assert m.preset == {"name": "tiny-L", "img_size": 32, "in_chans": 3, "overrides": {"channel_dim": 12}}
+    assert m.channel_dim == 12 and m.channel_encoder.weight.shape == (12, m.sem_dim)
+
+
+def test_models_cli_json(capsys):
+    from psfl.cli import main
+
+    assert main(["models", "paper-*", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["paper-M"]["params"] == 112_442_112
+    assert rows["paper-H"]["ratio_vs_M"] == pytest.approx(657_924_684 / 112_442_112)
+    assert main(["models", "tiny-*"]) == 0
+    assert "tiny-CSC" in capsys.readouterr().out
