@@ -133,3 +133,13 @@ def test_model_checkpoint_rejects_foreign_files(tmp_path):
         cfg = GSCConfig(patch_size=4, embed_dim=8, depth=1, num_heads=2, decoder_embed_dim=8,
                         decoder_depth=1, decoder_num_heads=2, channel_dim=4)
         save_model_checkpoint(GSCModel(cfg, img_size=28, in_chans=1), tmp_path / "x.pt")
+
+
+def test_torchvision_resnet18_trunk_fits_paper_csc():
+    import torchvision
+
+    with torch.device("meta"):
+        tv = torchvision.models.resnet18()
+    trunk = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    own = create_model("paper-CSC", device="meta").state_dict()
+    assert all(k in own and own[k].shape == v.shape for k, v in trunk.items())

@@ -86,12 +86,13 @@ class CSCModel(SCModel):
             n = _conv_out(_conv_out(img_size, 7, 2, 3), 3, 2, 1)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
-        inplanes = stem
+        stages, inplanes = [], stem
         for i, (width, nblocks) in enumerate(zip(cfg.widths, cfg.blocks)):
             stride = 1 if i == 0 else 2
             layer, inplanes = self._make_layer(inplanes, width, nblocks, stride)
-            setattr(self, f"layer{i + 1}", layer)
+            stages.append(layer)
             n = _conv_out(n, 3, stride, 1)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.grid = (n, n)
         self.trunk_stride = 8 if small else 32
 
