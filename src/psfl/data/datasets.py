@@ -163,9 +163,15 @@ def read_npz(info: DatasetInfo, path: Path, source: str) -> ArrayDataset:
         _LOADED.move_to_end(key)
         return _LOADED[key]
     try:
-        with np.load(path, allow_pickle=False) as z:
-            ds = _dataset(info, z, str(path), source)
+        z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise PsflError(f"cannot read {path} as an npz file: {type(e).__name__}: {e}") from None
+    if not hasattr(z, "files"):
+        raise PsflError(f"{path} holds a single array, not an npz archive with keys {', '.join(KEYS)}")
+    try:
+        with z:
+            ds = _dataset(info, z, str(path), source)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # damaged member
         raise PsflError(f"cannot read {path} as an npz file: {type(e).__name__}: {e}") from None
     _LOADED[key] = ds
     while len(_LOADED) > _LOADED_MAX:

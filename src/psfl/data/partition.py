@@ -89,7 +89,13 @@ def table1_sizes(n_total: int, k: int = 9) -> list[int]:
     ref = np.asarray(TABLE1_VOLUMES, dtype=np.float64)
     profile = ref if k == len(ref) else np.interp(np.linspace(0, len(ref) - 1, k),
                                                    np.arange(len(ref)), ref)
-    return [int(v) for v in largest_remainder(profile, n_total)]
+    out = largest_remainder(profile, n_total)
+    for _ in range(k):  # tiny totals: every client keeps at least one sample
+        if out.min() > 0:
+            break
+        out[np.argmax(out)] -= 1
+        out[np.argmin(out)] += 1
+    return [int(v) for v in out]
 
 
 def parse_sizes(sizes: str | Sequence[int] | None, n_total: int, k: int) -> list[int] | None:
@@ -181,11 +187,16 @@ def fit_margins(seed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     rows = rows.astype(np.float64)
     cols = cols.astype(np.float64)
     for _ in range(_IPF_ITERS):
-        m *= (cols / m.sum(axis=0))[None, :]
-        m *= (rows / m.sum(axis=1))[:, None]
+        m *= _ratio(cols, m.sum(axis=0))[None, :]
+        m *= _ratio(rows, m.sum(axis=1))[:, None]
         if np.abs(m.sum(axis=0) - cols).max() <= _IPF_TOL * max(1.0, cols.max()):
             break
     return m
+
+
+def _ratio(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """target / current, 0 where current is 0 (empty classes or clients stay empty)."""
+    return np.divide(target, current, out=np.zeros_like(target), where=current > 0)
 
 
 def round_margins(m: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -193,11 +204,15 @@ def round_margins(m: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     ``cols`` exactly (``rows.sum() == cols.sum()``): floor, repair columns that overshoot,
     then add the missing units to the cells with the largest fractional parts, finally
     (north-west corner) wherever a row and a column still miss units."""
-    m = m * (rows / np.maximum(m.sum(axis=1), 1e-300))[:, None]  # rows exact in reals
+    if rows.sum() != cols.sum():
+        raise ValueError(f"margins differ: rows sum to {rows.sum()}, columns to {cols.sum()}")
+    m = m * _ratio(rows.astype(np.float64), m.sum(axis=1))[:, None]  # rows exact in reals
     n = np.floor(m).astype(np.int64)
-    r = rows - n.sum(axis=1)  # >= 0
+    r = rows - n.sum(axis=1)  # >= 0 (a row of zeros with rows[c] > 0 is filled below)
     d = cols - n.sum(axis=0)
-    while (d < 0).any():  # only if the fit had not converged; each pass shrinks -d
+    for _ in range(int(-d[d < 0].sum())):  # only if the fit had not converged
+        if (d >= 0).all():
+            break
         k, j = int(np.argmin(d)), int(np.argmax(d))
         c = int(np.argmax(n[:, k]))
         t = min(-int(d[k]), int(d[j]), int(n[c, k]))
@@ -214,7 +229,9 @@ def round_margins(m: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
             n[c, k] += 1
             r[c] -= 1
             d[k] -= 1
-    while r.sum() > 0:
+    for _ in range(len(r) + len(d)):  # each step empties a row or a column
+        if r.sum() == 0:
+            break
         c, k = int(np.argmax(r)), int(np.argmax(d))
         t = min(int(r[c]), int(d[k]))
         n[c, k] += t
