@@ -7,7 +7,9 @@ preset the median samples/s and the achieved GFLOP/s, with FLOPs of one forward+
 counted by torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention;
 element-wise ops are not counted), against the machine's nominal peak (--peak, about
 320 GFLOP/s for 2 AVX-512 cores in fp32). The 1-minute load average is printed before and
-after each preset because the machine is shared.
+after each preset because the machine is shared, with samples per CPU-second of the
+process (with one thread this is the throughput of one fully owned core, a figure that
+other jobs on the machine disturb much less than wall-clock time).
 
     OMP_NUM_THREADS=2 python benchmarks/model_throughput.py [--presets cpu-M cpu-L cpu-H cpu-CSC]
         [--batch 64] [--threads 2] [--steps 20] [--dataset fashion_mnist] [--data-dir DIR]
@@ -58,16 +60,17 @@ def bench(name: str, x: torch.Tensor, steps: int, warmup: int, channels_last: bo
     for _ in range(warmup):
         step()
     load_before = os.getloadavg()[0]
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     med = statistics.median(times)
     return {"preset": name, "params": count_parameters(model), "batch": x.shape[0],
             "input": list(x.shape[1:]), "median_step_s": med, "samples_per_s": x.shape[0] / med,
             "gflop_per_step": flops / 1e9, "gflop_per_s": flops / med / 1e9,
-            "load_before": load_before, "load_after": os.getloadavg()[0]}
+            "samples_per_cpu_s": x.shape[0] / statistics.median(cpu), "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -96,6 +99,7 @@ def main() -> None:
             print(f"{name:<9} {r['params']:>10,} params  batch {r['batch']} x {shape}  "
                   f"{r['samples_per_s']:7.1f} samples/s  {r['gflop_per_step']:6.2f} GFLOP/step  "
                   f"{r['gflop_per_s']:6.1f} GFLOP/s ({r['pct_of_peak']:4.1f} % of {args.peak:.0f})  "
+                  f"{r['samples_per_cpu_s']:7.1f} samples/CPU-s  "
                   f"load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
     if args.json:
         print(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
