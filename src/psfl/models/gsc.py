@@ -160,8 +160,8 @@ class GSCModel(SCModel):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """MAE's initialisation: xavier-uniform linears (and patch projection), zero
-        biases, unit LayerNorms, N(0, 0.02) cls/mask tokens."""
+        """MAE's initialisation (xavier-uniform linears and patch projection, zero biases,
+        unit LayerNorms, N(0, 0.02) cls/mask tokens), except a small pixel head."""
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -174,6 +174,11 @@ class GSCModel(SCModel):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # The pixel head starts small: MAE regresses unit-variance (normalised) pixels,
+        # psfl's CPU presets regress raw [0, 1] pixels, where a xavier head's unit-variance
+        # start costs the first hundreds of steps (MSE ~1.4 instead of ~0.2) and, under
+        # SGD with momentum, can diverge.
+        nn.init.trunc_normal_(self.decoder_pred.weight, std=0.02)
 
     def semantic_encode(self, x, generator=None, mask_ratio=0.0):
         t = self.patch_embed(x) + self.pos_embed[:, 1:]  # (B, N, D), Eqs. 1-2
