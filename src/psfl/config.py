@@ -54,6 +54,7 @@ class TrainConfig:
     student_lr: float = 0.0  # 0 = same as lr
     momentum: float = 0.9
     weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm per model (0 = off); keeps SGD on ViTs stable
     temperature: float = 1.0  # KD temperature in Eqs. 17-18
     eps: float = 1e-6  # guard on the adaptive-weight divisors
     pld: bool = True  # False: mentor and student trained on their task losses alone
@@ -129,6 +130,11 @@ class RunConfig:
         for ok, name, msg in checks:
             if not ok:
                 raise PsflError(f"config field {name}: {msg}")
+        from psfl.methods import METHODS
+
+        if self.method not in METHODS:
+            raise PsflError(f"config field method: unknown method {self.method!r}; "
+                            f"known: {', '.join(METHODS.names())}")
         if self.model.mentors and len(self.model.mentors) != self.data.num_clients:
             raise PsflError(
                 f"config field model.mentors: {len(self.model.mentors)} entries for "

@@ -5,5 +5,7 @@ from psfl.methods.base import METHODS, ClientResult, FederatedEnv, FederatedMeth
 
 # Importing the modules registers the methods.
 from psfl.methods import psfl as _psfl  # noqa: F401,E402
+from psfl.methods import single as _single  # noqa: F401,E402
+from psfl.methods import contenders as _contenders  # noqa: F401,E402
 
 __all__ = ["METHODS", "ClientResult", "FederatedEnv", "FederatedMethod", "Upload", "build_env"]

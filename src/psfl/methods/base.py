@@ -135,6 +135,14 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
     return cls(params, **kw)
 
 
+def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the optimiser's gradients to ``max_norm`` (if > 0), then step."""
+    if max_norm > 0:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+
+
 class FederatedMethod(ABC):
     """Server + client logic of one method. Subclasses register in :data:`METHODS`."""
 
@@ -184,7 +192,7 @@ class FederatedMethod(ABC):
 METHODS: Registry[type[FederatedMethod]] = Registry("method")
 
 
-def build_env(cfg: RunConfig) -> FederatedEnv:
+def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
     """Data, partition, evaluator and the global test subset for a run (deterministic)."""
     from psfl import data as D
     from psfl.evaluate import load_evaluator
@@ -205,7 +213,7 @@ def build_env(cfg: RunConfig) -> FederatedEnv:
         dataset=cfg.data.dataset, source=cfg.data.source, data_dir=cfg.data.data_dir,
         input_preset=spec.name, arch=cfg.evaluator.arch, epochs=cfg.evaluator.epochs,
         checkpoint=cfg.evaluator.checkpoint or None, cache_dir=cfg.evaluator.cache_dir or None,
-        train_if_missing=True,
+        train_if_missing=True, progress=progress, seed=cfg.seed,
     )
     evaluator.eval()
     for p in evaluator.parameters():

@@ -23,7 +23,7 @@ from psfl.fl.aggregate import fedavg
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
 from psfl.methods.base import (
-    METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, clone_state, local_batches,
+    METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, clipped_step, clone_state, local_batches,
     make_generator, make_optimizer,
 )
 from psfl.methods.wire import decode_masked, decode_model, encode_masked, encode_model
@@ -62,8 +62,7 @@ class PSFL(FederatedMethod):
         self.tiers = assign_mentors(env.volumes, rule, cfg.model.mentors)
         self.student_preset = env.preset(cfg.model.student or "CSC")
         self.student = env.model(self.student_preset)
-        template = self.student.state_dict()
-        self.template = {k: v.detach().clone() for k, v in template.items()}
+        self.template = env.fresh_state(self.student_preset, 0xB0B)  # same init for every method
         self.mask_keys = prunable_keys(self.template, cfg.agp.prune_biases)
         self.bridges: dict[str, SemanticBridge] = {}
         self.global_state: dict[str, torch.Tensor] = {}
@@ -146,8 +145,8 @@ class PSFL(FederatedMethod):
             opt_m.zero_grad(set_to_none=True)
             opt_s.zero_grad(set_to_none=True)
             L.joint.backward()
-            opt_m.step()
-            opt_s.step()
+            clipped_step(opt_m, t.grad_clip)
+            clipped_step(opt_s, t.grad_clip)
             mask_parameters_(params_s, mask)  # the broadcast mask is held during training
             for who, terms in (("mentor", L.mentor), ("student", L.student)):
                 for k, v in terms.items():
@@ -162,3 +161,23 @@ class PSFL(FederatedMethod):
         metrics["student_acc"] = accuracy_at(student, env.evaluator, data.x_test, data.y_test, snr_db, g_eval)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services
         return ClientResult(upload, metrics)
+
+
+@METHODS.register("psfl-no-pld")
+class PSFLNoPLD(PSFL):
+    """Ablation (Sec. V-B, Figs. 9-10): every MU takes GSC-M as mentor (no personalisation)."""
+
+    name = "psfl-no-pld"
+
+    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+        super().__init__(env, {"mentor_rule": "uniform-M", **(options or {})})
+
+
+@METHODS.register("psfl-no-agp")
+class PSFLNoAGP(PSFL):
+    """Ablation: PSFL without pruning (zeta = 0 every round; dense uploads)."""
+
+    name = "psfl-no-agp"
+
+    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+        super().__init__(env, {"agp": False, **(options or {})})

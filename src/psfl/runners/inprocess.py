@@ -76,7 +76,7 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = env or build_env(cfg)
+    env = env or build_env(cfg, progress=progress)
     method = METHODS.get(cfg.method)(env, cfg.method_options.get(cfg.method, {}))
     K = cfg.data.num_clients
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS

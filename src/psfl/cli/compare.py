@@ -1,0 +1,35 @@
+"""`psfl compare`: methods side by side on the same partition, seed and SNR trace."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from psfl.cli import command
+
+DEFAULT = "psfl,fedavg,stc,fttq,fedpaq"
+
+
+@command("compare", help="Compare PSFL with FedAvg/STC/FTTQ/FedPAQ and ablations (Figs. 9-13)")
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default=DEFAULT,
+                   help=f"comma list (default {DEFAULT}; also psfl-no-pld, psfl-no-agp, fedavg-csc)")
+    p.add_argument("--config", help="TOML config file (shared by all methods)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.add_argument("--resume", action="store_true", help="continue methods from their checkpoints")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from psfl.compare import compare
+    from psfl.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume)
+    print((Path(args.out) / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

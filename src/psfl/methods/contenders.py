@@ -1,0 +1,214 @@
+"""The contenders of Sec. V-C, each a faithful implementation with real wire formats.
+All train GSC-M (``method_options.<name>.model`` changes it) with the same local budget
+as PSFL (``train.local_steps``/``local_epochs``, ``batch_size``, optimiser).
+
+STC (Sattler et al., 2019, "Robust and communication-efficient federated learning from
+non-iid data"). Rules of the authors' reference implementation: clients compress the
+weight update A_i = R_i + dW_i layer by layer with sparse ternary compression (top-k,
+k = p * numel, to sign * mu), keep the residual R_i = A_i - STC(A_i) (error
+accumulation); the server averages the compressed updates (plain mean), adds its own
+residual, compresses the result again with the same p (downstream compression) and keeps
+that residual; every participant applies the broadcast update to its synchronised copy.
+Positions are Golomb-coded (codec ``stc``). Default p = 0.01 both ways (one of the
+sparsity levels of the paper's sweep, 1/25 ... 1/400); option ``p``.
+The first broadcast carries the dense initial model (clients must start from it).
+
+FTTQ (Xu et al., 2020, "Ternary compression for communication-efficient federated
+learning"). Each client trains with ternary weights in the forward pass: for every
+conv/linear weight tensor, Delta_l = T_k * max|w_l|, w_t = alpha_l * sign(w_l) 1[|w_l| >
+Delta_l] with a trainable per-layer scale alpha_l (initialised to the mean |w| above the
+threshold) and straight-through gradients to the latent weights. It uploads the ternary
+weights, 2 bits each, plus alpha_l (codec ``ternary2bit``); biases and normalisation
+parameters stay float32. The server averages the de-quantised models (Eq. 10) and
+broadcasts the full-precision global model. T_k = 0.05 (TTQ's threshold factor); option ``t``.
+
+FedPAQ (Reisizadeh et al., AISTATS 2020). Partial participation: r = ceil(frac * K)
+clients drawn uniformly without replacement each round (seeded; option ``participation``,
+default 0.5); each runs the local budget (tau steps), quantises its model update with
+QSGD's unbiased s-level stochastic quantiser per tensor (codec ``qsgd``: norm, signs and
+levels), and the server adds the plain mean of the de-quantised updates to the global
+model. s = 16 levels (option ``s``); the global model is broadcast dense.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from psfl.codecs import (decode_state, encode_state, qsgd_dequantize, qsgd_quantize, topk_ternarize,
+                         ttq_quantize)
+from psfl.fl.agp import prunable_keys
+from psfl.fl.aggregate import fedavg
+from psfl.methods.base import METHODS, FederatedEnv, Upload, clone_state, make_generator
+from psfl.methods.single import SingleModelMethod
+from psfl.methods.wire import encode_model, wire_keys
+
+
+def _sub(a: dict[str, Tensor], b: dict[str, Tensor], keys: list[str]) -> dict[str, Tensor]:
+    return {k: a[k].float() - b[k].float() for k in keys}
+
+
+def _mean(states: list[dict[str, Tensor]], keys: list[str]) -> dict[str, Tensor]:
+    return fedavg([{k: s[k] for k in keys} for s in states], [1.0] * len(states))
+
+
+@METHODS.register("stc")
+class STC(SingleModelMethod):
+    name = "stc"
+
+    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+        super().__init__(env, options)
+        self.p = float(self.options.get("p", 0.01))
+        self.keys = wire_keys(self.template)
+        self.server_residual: dict[str, Tensor] | None = None
+        self.last_down: dict[str, Tensor] | None = None  # compressed update of this round
+
+    def _stc(self, update: dict[str, Tensor], residual: dict[str, Tensor] | None
+             ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        comp, res = {}, {}
+        for k in self.keys:
+            a = update[k] if residual is None else update[k] + residual[k]  # error accumulation
+            comp[k], _ = topk_ternarize(a, self.p)
+            res[k] = a - comp[k]
+        return comp, res
+
+    def _encode(self, comp: dict[str, Tensor]) -> bytes:
+        return encode_state({k: comp[k] for k in self.keys}, lambda n, t: ("stc", {}))
+
+    # server
+    def encode_down(self, rnd: int) -> bytes:
+        if self.last_down is None:  # round 0: the dense initial model
+            return b"\x00" + encode_model(self.global_state)
+        return b"\x01" + self._encode(self.last_down)
+
+    def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
+        avg = _mean(decoded, self.keys)
+        down, self.server_residual = self._stc(avg, self.server_residual)
+        for k in self.keys:
+            self.global_state[k] = (self.global_state[k].float() + down[k]).to(self.global_state[k].dtype)
+        self.last_down = down
+
+    def decode_up(self, payload: bytes) -> dict[str, Tensor]:
+        return decode_state(payload, self.keys)
+
+    def server_state(self) -> dict[str, Any]:
+        return {"global": self.global_state, "residual": self.server_residual, "down": self.last_down}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        self.global_state, self.server_residual, self.last_down = state["global"], state["residual"], state["down"]
+
+    # client
+    def init_client(self, cid: int) -> dict[str, Any]:
+        return {"synced": None, "residual": None}
+
+    def decode_down(self, state: dict[str, Any], payload: bytes) -> dict[str, Tensor]:
+        body = payload[1:]
+        if payload[0] == 0:
+            from psfl.methods.wire import decode_model
+
+            synced = {**self.template, **decode_model(body, self.template)}
+        else:
+            upd = decode_state(body, self.keys)
+            synced = dict(state["synced"])
+            for k in self.keys:
+                synced[k] = (synced[k].float() + upd[k].view_as(synced[k])).to(synced[k].dtype)
+        state["synced"] = clone_state(synced)
+        return synced
+
+    def encode_up(self, cid, state, local, start, generator) -> bytes:
+        comp, state["residual"] = self._stc(_sub(local, start, self.keys), state["residual"])
+        return self._encode(comp)
+
+
+class _TernaryWeights(nn.Module):
+    """FTTQ's trainable ternarisation of selected weights (latent weights + alpha_l)."""
+
+    def __init__(self, net: nn.Module, keys: list[str], t: float) -> None:
+        super().__init__()
+        self.net, self.keys, self.t = net, keys, t
+        params = dict(net.named_parameters())
+        self.alpha = nn.ParameterDict()
+        for k in keys:
+            _, scale, _ = ttq_quantize(params[k], t, symmetric=True)
+            self.alpha[k.replace(".", "__")] = nn.Parameter(torch.tensor(max(scale, 1e-8)))
+
+    def ternary(self, k: str, w: Tensor) -> Tensor:
+        delta = self.t * w.detach().abs().max()
+        codes = (w.detach() > delta).float() - (w.detach() < -delta).float()
+        alpha = self.alpha[k.replace(".", "__")]
+        return alpha * codes + (w - w.detach())  # value alpha*codes; STE to w, d/dalpha = codes
+
+    def weights(self) -> dict[str, Tensor]:
+        params = dict(self.net.named_parameters())
+        return {k: self.ternary(k, params[k]) for k in self.keys}
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.net, self.weights(), args, kwargs, strict=False)
+
+
+@METHODS.register("fttq")
+class FTTQ(SingleModelMethod):
+    name = "fttq"
+
+    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+        super().__init__(env, options)
+        self.t = float(self.options.get("t", 0.05))
+        self.tern_keys = [k for k in prunable_keys(self.template) if k in dict(self.net.named_parameters())]
+        self.keys = wire_keys(self.template)
+        self._wrapped: _TernaryWeights | None = None
+
+    def prepare_model(self, state: dict[str, Any]) -> nn.Module:
+        self._wrapped = _TernaryWeights(self.net, self.tern_keys, self.t)
+        return self._wrapped
+
+    def local_state(self, model: nn.Module) -> dict[str, Tensor]:
+        assert self._wrapped is not None
+        with torch.no_grad():
+            tern = {k: v.detach().clone() for k, v in self._wrapped.weights().items()}
+        return {**{k: v.detach().clone() for k, v in self.net.state_dict().items()}, **tern}
+
+    def encode_up(self, cid, state, local, start, generator) -> bytes:
+        tern = set(self.tern_keys)
+        return encode_state({k: local[k].float() for k in self.keys},
+                            lambda n, t: ("ternary2bit", {}) if n in tern else ("dense", {}))
+
+    def decode_up(self, payload: bytes) -> dict[str, Tensor]:
+        got = decode_state(payload, self.keys)
+        return {k: got[k].view_as(self.template[k]).to(self.template[k].dtype) for k in self.keys}
+
+
+@METHODS.register("fedpaq")
+class FedPAQ(SingleModelMethod):
+    name = "fedpaq"
+
+    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+        super().__init__(env, options)
+        self.s = int(self.options.get("s", 16))
+        self.frac = float(self.options.get("participation", 0.5))
+        self.keys = wire_keys(self.template)
+
+    def participants(self, rnd: int, num_clients: int) -> list[int]:
+        r = max(1, math.ceil(self.frac * num_clients))
+        g = make_generator(self.cfg.seed, 0xFA9, rnd)
+        return sorted(torch.randperm(num_clients, generator=g)[:r].tolist())
+
+    def encode_up(self, cid, state, local, start, generator) -> bytes:
+        upd = _sub(local, start, self.keys)
+        norms, quantised = {}, {}
+        for k in self.keys:  # the stochastic rounding is drawn here; the codec stores it exactly
+            norms[k], signs, levels = qsgd_quantize(upd[k], self.s, generator)
+            quantised[k] = qsgd_dequantize(norms[k], signs, levels, self.s).view_as(upd[k])
+        return encode_state(quantised, lambda name, t: ("qsgd", {"s": self.s, "norm": norms[name]}))
+
+    def decode_up(self, payload: bytes) -> dict[str, Tensor]:
+        return decode_state(payload, self.keys)
+
+    def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
+        avg = _mean(decoded, self.keys)  # x_{k+1} = x_k + (1/r) sum_i Q(x_i - x_k)
+        for k in self.keys:
+            ref = self.global_state[k]
+            self.global_state[k] = (ref.float() + avg[k].view_as(ref)).to(ref.dtype)

@@ -1,0 +1,128 @@
+"""Single-model federated methods (one architecture trained by every client on its
+task loss, Eqs. 8 + MSE): FedAvg and the compressed contenders build on
+:class:`SingleModelMethod`, which fixes the local budget (same steps, batch size and
+optimiser as PSFL's student) and leaves the wire format to subclasses:
+
+    encode_down / decode_down   server -> clients
+    encode_up   / decode_up     client -> server (from the local and the global weights)
+    apply_uploads               server update from the decoded uploads
+
+The contenders of Sec. V-C train GSC-M (``model = "M"``); ``fedavg-csc`` trains the CSC.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from psfl.fl.aggregate import fedavg
+from psfl.fl.pld import task_terms
+from psfl.methods.base import (
+    METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, clipped_step, clone_state, local_batches,
+    make_generator, make_optimizer,
+)
+from psfl.methods.psfl import accuracy_at
+from psfl.methods.wire import decode_model, encode_model
+
+
+class SingleModelMethod(FederatedMethod):
+    default_model = "M"
+
+    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+        super().__init__(env, options)
+        self.preset = env.preset(str(self.options.get("model", self.default_model)))
+        self.net = env.model(self.preset)
+        self.template = env.fresh_state(self.preset, 0xB0B)  # same init for every method
+        self.global_state: dict[str, Tensor] = {}
+
+    # ---------------------------------------------------------------- hooks
+    def encode_down(self, rnd: int) -> bytes:
+        return encode_model(self.global_state)
+
+    def decode_down(self, state: dict[str, Any], payload: bytes) -> dict[str, Tensor]:
+        return {**self.template, **decode_model(payload, self.template)}
+
+    def encode_up(self, cid: int, state: dict[str, Any], local: dict[str, Tensor],
+                  start: dict[str, Tensor], generator: torch.Generator) -> bytes:
+        return encode_model(local)
+
+    def decode_up(self, payload: bytes) -> dict[str, Tensor]:
+        return decode_model(payload, self.template)
+
+    def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
+        self.global_state.update(fedavg(decoded, [u.num_samples for u in uploads]))  # Eq. 10
+
+    def prepare_model(self, state: dict[str, Any]) -> nn.Module:
+        """The module trained locally (a subclass may wrap it, e.g. ternary weights)."""
+        return self.net
+
+    # ---------------------------------------------------------------- server side
+    def init_server(self) -> None:
+        self.global_state = clone_state(self.template)
+
+    def broadcast(self, rnd: int, snrs_db: np.ndarray) -> tuple[bytes, dict[str, float]]:
+        return self.encode_down(rnd), {}
+
+    def aggregate(self, rnd: int, uploads: list[Upload]) -> dict[str, float]:
+        self.apply_uploads([self.decode_up(u.payload) for u in uploads], uploads)
+        return {}
+
+    def global_model(self) -> nn.Module:
+        self.net.load_state_dict(self.global_state)
+        return self.net
+
+    def server_state(self) -> dict[str, Any]:
+        return {"global": self.global_state}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        self.global_state = state["global"]
+
+    # ---------------------------------------------------------------- client side
+    def init_client(self, cid: int) -> dict[str, Any]:
+        return {}
+
+    def client_update(self, cid: int, state: dict[str, Any], rnd: int, payload: bytes,
+                      snr_db: float, generator: torch.Generator) -> ClientResult:
+        env, t = self.env, self.cfg.train
+        data = env.clients[cid]
+        start = self.decode_down(state, payload)
+        self.net.load_state_dict(start)
+        model = self.prepare_model(state)
+        model.train()
+        opt = make_optimizer(t.optimizer, model.parameters(), t.lr, t.momentum, t.weight_decay)
+        logs: dict[str, list[float]] = {}
+        for x, y in local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator):
+            out = model(x, snr_db, generator=generator)
+            terms, _ = task_terms(out, x, y, env.evaluator)
+            opt.zero_grad(set_to_none=True)
+            terms["task"].backward()
+            clipped_step(opt, t.grad_clip)
+            for k, v in terms.items():
+                logs.setdefault(k, []).append(float(v.detach()))
+        local = self.local_state(model)
+        upload = self.encode_up(cid, state, local, start, generator)
+        metrics = {f"local_{k}": float(np.mean(v)) for k, v in logs.items()}
+        metrics["local_acc"] = accuracy_at(model, env.evaluator, data.x_test, data.y_test, snr_db,
+                                           make_generator(self.cfg.seed, 0xE7A, rnd, cid))
+        return ClientResult(upload, metrics)
+
+    def local_state(self, model: nn.Module) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+
+@METHODS.register("fedavg")
+class FedAvg(SingleModelMethod):
+    """FedAvg (McMahan et al.): dense float32 weights both ways, Eq. 10 on the server.
+    The paper's FedAvg is "PSFL without PLD and AGP" on GSC-M."""
+
+    name = "fedavg"
+
+
+@METHODS.register("fedavg-csc")
+class FedAvgCSC(SingleModelMethod):
+    """Ablation: FedAvg on the CSC student alone (no mentor, no pruning)."""
+
+    name = "fedavg-csc"
+    default_model = "CSC"
