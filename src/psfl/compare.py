@@ -67,7 +67,8 @@ def plot_compare(results: dict[str, list[dict[str, Any]]], out: Path, num_client
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    ax.boxplot([[r["energy_j"] for r in recs] for recs in results.values()], labels=list(results))
+    ax.boxplot([[r["energy_j"] for r in recs] for recs in results.values()],
+               tick_labels=list(results))
     ax.set(ylabel="communication energy per round (J)", yscale="log")
     ax.tick_params(axis="x", labelrotation=30)
     ax.grid(alpha=0.3, axis="y")

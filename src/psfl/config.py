@@ -33,6 +33,7 @@ class DataConfig:
     local_test_fraction: float = 0.2
     min_client_size: int = 10
     eval_samples: int = 1000  # global test samples scored per round (0 = all)
+    local_eval_samples: int = 256  # per-client local test samples scored per round (0 = all)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class TrainConfig:
     local_epochs: int = 0  # G in Algorithm 1; > 0 overrides local_steps
     batch_size: int = 32
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.01
     student_lr: float = 0.0  # 0 = same as lr
     momentum: float = 0.9
     weight_decay: float = 0.0

@@ -209,6 +209,13 @@ def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
         seed=cfg.seed,
     )
     clients = D.client_datasets(prepared, part)
+    if cfg.data.local_eval_samples > 0:  # a fixed seeded subset of each local test split
+        for c in clients:
+            n = c.x_test.shape[0]
+            if n > cfg.data.local_eval_samples:
+                keep = torch.randperm(n, generator=make_generator(cfg.seed, 0x10C, c.cid))
+                keep = keep[: cfg.data.local_eval_samples].sort().values
+                c.x_test, c.y_test = c.x_test[keep], c.y_test[keep]
     evaluator = load_evaluator(
         dataset=cfg.data.dataset, source=cfg.data.source, data_dir=cfg.data.data_dir,
         input_preset=spec.name, arch=cfg.evaluator.arch, epochs=cfg.evaluator.epochs,
