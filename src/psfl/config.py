@@ -51,8 +51,8 @@ class TrainConfig:
     local_epochs: int = 0  # G in Algorithm 1; > 0 overrides local_steps
     batch_size: int = 32
     optimizer: str = "sgd"
-    lr: float = 0.01
-    student_lr: float = 0.0  # 0 = same as lr
+    lr: float = 0.01  # GSC models (mentors, GSC contenders): best of {0.01, 0.03, 0.05} in 40-step probes
+    student_lr: float = 0.05  # CSC models (PSFL's student, fedavg-csc); 0 = same as lr
     momentum: float = 0.9
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm per model (0 = off); keeps SGD on ViTs stable

@@ -91,7 +91,8 @@ class SingleModelMethod(FederatedMethod):
         self.net.load_state_dict(start)
         model = self.prepare_model(state)
         model.train()
-        opt = make_optimizer(t.optimizer, model.parameters(), t.lr, t.momentum, t.weight_decay)
+        lr = t.student_lr if self.net.family == "csc" and t.student_lr > 0 else t.lr
+        opt = make_optimizer(t.optimizer, model.parameters(), lr, t.momentum, t.weight_decay)
         logs: dict[str, list[float]] = {}
         for x, y in local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator):
             out = model(x, snr_db, generator=generator)
