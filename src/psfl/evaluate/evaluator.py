@@ -68,14 +68,26 @@ def fit_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size
     ``hflip``: random horizontal flips (natural images only). Returns per-epoch stats."""
     from tqdm.auto import tqdm
 
-    from psfl.data import iterate_batches
-
     net.to(memory_format=torch.channels_last)  # faster narrow convs on CPU
     steps = epochs * math.ceil(x.shape[0] / batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    history = []
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    # Dropout draws from torch's global RNG: seed it from ``generator`` inside a fork so
+    # training is reproducible across processes and the caller's RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        history = _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar)
+    bar.close()
+    net.to(memory_format=torch.contiguous_format)  # as a checkpoint loads: identical numerics
+    net.eval()
+    return history
+
+
+def _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar) -> list[dict[str, float]]:
+    from psfl.data import iterate_batches
+
+    history = []
     for epoch in range(epochs):
         net.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
@@ -95,9 +107,6 @@ def fit_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size
         dt = time.perf_counter() - t0
         history.append({"epoch": epoch, "loss": loss_sum / max(seen, 1), "seconds": dt,
                         "samples_per_s": seen / dt if dt > 0 else float("nan")})
-    bar.close()
-    net.to(memory_format=torch.contiguous_format)  # as a checkpoint loads: identical numerics
-    net.eval()
     return history
 
 
