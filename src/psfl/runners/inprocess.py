@@ -50,7 +50,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -85,7 +85,7 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         method.load_server_state(ckpt["server"])
         client_states = ckpt["clients"]
         start = int(ckpt["round"])
-        records = [r for r in _read_records(metrics_path) if r["round"] < start]
+        records = [r for r in read_records(metrics_path) if r["round"] < start]
     else:
         method.init_server()
         client_states = [method.init_client(cid) for cid in range(K)]
