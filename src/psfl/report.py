@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def client_mean(record: dict[str, Any], key: str) -> float:
@@ -25,6 +26,7 @@ def plot_mentor_student(records: Sequence[dict[str, Any]], out_dir: Path) -> lis
     ax.plot(r, [client_mean(x, "student_total") for x in records], "s-", label="student (CSC) $L_{total}$")
     ax.plot(r, [x["global"].get("loss", np.nan) for x in records], "^--", label="global student, test loss")
     ax.set(xlabel="communication round", ylabel="loss (mean over clients)", title="Loss vs round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3), ax.legend()
     fig.tight_layout()
     paths.append(out_dir / "loss.png")
@@ -36,6 +38,7 @@ def plot_mentor_student(records: Sequence[dict[str, Any]], out_dir: Path) -> lis
     ax.plot(r, [client_mean(x, "student_acc") for x in records], "s-", label="student (CSC), local")
     ax.plot(r, [x["global"]["accuracy"] for x in records], "^--", label="global student, global test")
     ax.set(xlabel="communication round", ylabel="accuracy", title="Accuracy vs round", ylim=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3), ax.legend()
     fig.tight_layout()
     paths.append(out_dir / "accuracy.png")
