@@ -6,7 +6,7 @@ from pathlib import Path
 from psfl.evaluate import list_evaluators
 
 here = Path(__file__).parent
-ev = [{"dataset": i.dataset, "arch": i.arch, "input_preset": i.input_preset, "epochs": i.epochs,
+ev = [{"dataset": i.dataset, "source": i.source, "arch": i.arch, "input_preset": i.input_preset, "epochs": i.epochs,
        "clean_test_accuracy": round(i.test_accuracy, 4), "train_seconds": round(i.train_seconds, 1),
        "fingerprint": i.fingerprint} for i in list_evaluators()]
 with open(here / "evaluators.csv", "w", newline="") as f:
