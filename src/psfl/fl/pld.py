@@ -113,11 +113,13 @@ class PLDLosses:
 
 
 def task_terms(out: SCOutput, x: Tensor, y: Tensor, classifier: nn.Module) -> tuple[dict[str, Tensor], Tensor]:
-    """Eqs. 15/16 for one model: CE(y, classifier(m_hat)) + MSE(m, m_hat)."""
+    """Eqs. 15/16 for one model: CE(y, classifier(m_hat)) + MSE(m, m_hat), as
+    ``{ce, mse, task}`` plus the classifier's logits (one definition: psfl.train)."""
+    from psfl.train import task_loss_terms
+
     logits = classifier(out.x_hat)
-    ce = F.cross_entropy(logits, y)
-    mse = F.mse_loss(out.x_hat, x)
-    return {"ce": ce, "mse": mse, "task": ce + mse}, logits
+    terms = task_loss_terms(logits, out.x_hat, x, y)
+    return {"ce": terms["ce"], "mse": terms["mse"], "task": terms["loss"]}, logits
 
 
 def pld_losses(mentor_out: SCOutput, student_out: SCOutput, x: Tensor, y: Tensor,
