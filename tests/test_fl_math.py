@@ -53,12 +53,20 @@ def test_magnitude_pruning_exact_share_and_smallest_removed():
     mask = update_mask(st, None, 0.3, keys, g)
     n = sum(st[k].numel() for k in keys)
     assert pruned_share(mask) == pytest.approx(round(0.3 * n) / n)
-    flat = torch.cat([st[k].abs().reshape(-1) for k in keys])
+    flat = torch.cat([(st[k].abs() / st[k].pow(2).mean().sqrt()).reshape(-1) for k in keys])
     m = torch.cat([mask[k].reshape(-1) for k in keys]).bool()
-    assert flat[~m].max() <= flat[m].min()  # global magnitude pruning
+    assert flat[~m].max() <= flat[m].min()  # one global threshold on layer-normalised |w|
+
     pruned = apply_mask(st, mask)
     assert all(int((pruned[k] == 0).sum()) == int((mask[k] == 0).sum()) for k in keys)
     assert torch.equal(pruned["bn.running_var"], st["bn.running_var"])
+
+def test_no_layer_collapse_when_one_layer_has_a_small_scale():
+    g = torch.Generator().manual_seed(0)
+    st = {"big.weight": torch.randn(64, 64, generator=g), "small.weight": 1e-3 * torch.randn(64, 64, generator=g)}
+    mask = update_mask(st, None, 0.7, ["big.weight", "small.weight"], g)
+    for k in st:  # each layer keeps about 30 %, not 0 % for the small-scale one
+        assert 0.2 < float(mask[k].mean()) < 0.4
 
 
 def test_more_pruning_keeps_old_mask_and_regrowth_is_random_and_seeded():
