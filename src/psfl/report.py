@@ -17,34 +17,36 @@ def client_mean(record: dict[str, Any], key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _line_plot(r: list[int], series: list[tuple[list[float], str, str]], ylabel: str, title: str,
+               path: Path, ylim: tuple[float, float] | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for ys, style, label in series:
+        ax.plot(r, ys, style, label=label)
+    ax.set(xlabel="communication round", ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_mentor_student(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Loss and accuracy vs round for mentor vs student (Figs. 4-5) + global student."""
     r = [rec["round"] + 1 for rec in records]
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot(r, [client_mean(x, "mentor_total") for x in records], "o-", label="mentor (GSC) $L'_{total}$")
-    ax.plot(r, [client_mean(x, "student_total") for x in records], "s-", label="student (CSC) $L_{total}$")
-    ax.plot(r, [x["global"].get("loss", np.nan) for x in records], "^--", label="global student, test loss")
-    ax.set(xlabel="communication round", ylabel="loss (mean over clients)", title="Loss vs round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3), ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "loss.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot(r, [client_mean(x, "mentor_acc") for x in records], "o-", label="mentor (GSC), PSFL accuracy")
-    ax.plot(r, [client_mean(x, "student_acc") for x in records], "s-", label="student (CSC), local")
-    ax.plot(r, [x["global"]["accuracy"] for x in records], "^--", label="global student, global test")
-    ax.set(xlabel="communication round", ylabel="accuracy", title="Accuracy vs round", ylim=(0, 1))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3), ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
+    loss = _line_plot(r, [
+        ([client_mean(x, "mentor_total") for x in records], "o-", "mentor (GSC) $L'_{total}$"),
+        ([client_mean(x, "student_total") for x in records], "s-", "student (CSC) $L_{total}$"),
+        ([x["global"].get("loss", np.nan) for x in records], "^--", "global student, test loss"),
+    ], "loss (mean over clients)", "Loss vs round", out_dir / "loss.png")
+    acc = _line_plot(r, [
+        ([client_mean(x, "mentor_acc") for x in records], "o-", "mentor (GSC), PSFL accuracy"),
+        ([client_mean(x, "student_acc") for x in records], "s-", "student (CSC), local"),
+        ([x["global"]["accuracy"] for x in records], "^--", "global student, global test"),
+    ], "accuracy", "Accuracy vs round", out_dir / "accuracy.png", ylim=(0, 1))
+    return [loss, acc]
 
 
 def plot_energy(records: Sequence[dict[str, Any]], out_dir: Path) -> Path:
