@@ -33,20 +33,25 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-@torch.no_grad()
+class _Scored(nn.Module):
+    """model -> reconstruction -> evaluator logits, so the SC model can be scored by
+    :func:`psfl.evaluate.classifier_accuracy` (one accuracy loop in the code base)."""
+
+    def __init__(self, model: nn.Module, evaluator: nn.Module, snr_db: float, generator: torch.Generator):
+        super().__init__()
+        self.model, self.evaluator, self.snr_db, self.generator = model, evaluator, snr_db, generator
+        self.train(model.training)  # classifier_accuracy restores this mode afterwards
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.evaluator(self.model(x, self.snr_db, generator=self.generator).x_hat)
+
+
 def accuracy_at(model: nn.Module, evaluator: nn.Module, x: torch.Tensor, y: torch.Tensor, snr_db: float,
                 generator: torch.Generator, batch_size: int = 256) -> float:
     """Evaluator accuracy on the model's reconstructions of ``x`` at ``snr_db``."""
-    if x.shape[0] == 0:
-        return float("nan")
-    was = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        out = model(x[i:i + batch_size], snr_db, generator=generator)
-        correct += int((evaluator(out.x_hat).argmax(-1) == y[i:i + batch_size]).sum())
-    model.train(was)
-    return correct / x.shape[0]
+    from psfl.evaluate import classifier_accuracy
+
+    return classifier_accuracy(_Scored(model, evaluator, snr_db, generator), x, y, batch_size)
 
 
 @METHODS.register("psfl")
