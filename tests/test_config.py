@@ -5,10 +5,16 @@ from psfl.errors import PsflError
 
 
 def test_overrides_are_typed_and_roundtrip(tmp_path):
+    import shutil
+
+    from psfl.data.datasets import DATASETS, bundled_path
+
+    shutil.copy(bundled_path(DATASETS.get("fashion_mnist")), tmp_path / "fashion_mnist.npz")
     cfg = load_config(None, ["train.lr=0.01", "rounds=3", "agp.enabled=false", "model.mentors=M,L,H",
-                             "data.num_clients=3", "method_options.stc.p=0.01", "data.data_dir=/x/y"])
+                             "data.num_clients=3", "method_options.stc.p=0.02", f'data.data_dir="{tmp_path}"'])
     assert cfg.train.lr == 0.01 and cfg.rounds == 3 and cfg.agp.enabled is False
-    assert cfg.model.mentors == ["M", "L", "H"] and cfg.method_options["stc"]["p"] == 0.01
+    assert cfg.model.mentors == ["M", "L", "H"] and cfg.method_options["stc"]["p"] == 0.02
+    assert cfg.options_for("stc").p == 0.02 and cfg.data.source == "npz"
     p = tmp_path / "c.toml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg

@@ -93,7 +93,10 @@ def test_missing_and_corrupt_files(tmp_path):
 
 
 def test_auto_source_and_unknown_names(tmp_path):
-    assert "bundled" in D.load_dataset("fashion_mnist", data_dir=tmp_path).source
+    assert "bundled" in D.load_dataset("fashion_mnist").source
+    # An explicit data directory never falls back to the bundled sample.
+    with pytest.raises(PsflError, match=r"no data for fashion_mnist: .*fashion_mnist\.npz not found"):
+        D.load_dataset("fashion_mnist", data_dir=tmp_path)
     with pytest.raises(PsflError, match=r"no data for cifar10: .*cifar10\.npz not found.*--data-dir.*torchvision"):
         D.load_dataset("cifar10", data_dir=tmp_path)
     with pytest.raises(PsflError, match="no data directory given"):

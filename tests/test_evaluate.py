@@ -93,9 +93,13 @@ def test_load_evaluator_uses_cache_or_refuses(tmp_path, monkeypatch):
     with pytest.raises(PsflError, match="psfl evaluator train"):
         load_evaluator("fashion_mnist", cache_dir=tmp_path, train_if_missing=False)
     ev = load_evaluator("fashion_mnist", epochs=1, cache_dir=tmp_path, progress=False)  # trains (message)
-    again = load_evaluator("fashion_mnist", cache_dir=tmp_path, train_if_missing=False)
+    again = load_evaluator("fashion_mnist", epochs=1, cache_dir=tmp_path, train_if_missing=False)
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(ev(x), again(x))
+    # Every setting that changes the weights is part of the cache key: no stale hit.
+    for other in ({"epochs": 2}, {"epochs": 1, "seed": 1}, {"epochs": 1, "arch": "lenet"}):
+        with pytest.raises(PsflError, match="psfl evaluator train"):
+            load_evaluator("fashion_mnist", cache_dir=tmp_path, train_if_missing=False, **other)
 
 
 def test_user_checkpoint_formats(tmp_path):

@@ -6,6 +6,7 @@ Every run directory holds the fully resolved config (``config.toml``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -24,8 +25,10 @@ else:  # pragma: no cover
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"
+    # auto: npz from data_dir when given (the file must be there), else the bundled
+    # sample; resolved at load time, so config.toml records the source actually used.
     source: str = "auto"  # auto | npz | torchvision | bundled
-    data_dir: str | None = None
+    data_dir: str | None = None  # stored absolute
     num_clients: int = 9
     scheme: str = "dirichlet"  # dirichlet | iid
     alpha: float = 0.9  # Dirichlet concentration r
@@ -42,7 +45,9 @@ class ModelConfig:
     student: str = ""  # default {family}-CSC
     mentor_rule: str = "table1"  # rule mapping client resources to GSC-M/L/H
     mentors: list[str] = field(default_factory=list)  # per-client override, e.g. ["M","M","L",...]
-    mentor_init: str = ""  # optional MAE-pretrained checkpoint for mentors of the same arch
+    # per tier, a `psfl pretrain` / `save_model_checkpoint` file whose preset is that tier's
+    # mentor preset, e.g. {M = "m.pt", H = "h.pt"}; tiers not named start from random weights
+    mentor_init: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,12 +63,18 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm per model (0 = off); keeps SGD on ViTs stable
     temperature: float = 1.0  # KD temperature in Eqs. 17-18
     eps: float = 1e-6  # guard on the adaptive-weight divisors
-    pld: bool = True  # False: mentor and student trained on their task losses alone
+    # The MSE(m, m_hat) term of Eqs. 15/16: its weight and the pixel space it is taken in.
+    # "standardized" divides by the training set's pixel variance (MSE of z-scored
+    # images, the scale of a mean/std-normalised input pipeline); "unit" is [0, 1] pixels.
+    mse_weight: float = 1.0
+    mse_space: str = "standardized"  # standardized | unit
 
 
 @dataclass
 class ChannelConfig:
-    name: str = "awgn"
+    name: str = "awgn"  # awgn | rayleigh | rician: local training and every evaluation
+    equalizer: str = "mmse"  # fading channels: mmse | zf | none
+    rician_k: float = 3.0  # Rician K-factor (rician only)
     snr_trace: str = "uniform"  # per-client per-round SNR draw
     snr_min_db: float = 0.0
     snr_max_db: float = 25.0
@@ -88,9 +99,21 @@ class EnergyConfig:
 
 @dataclass
 class EvaluatorConfig:
+    """Two frozen classifiers, trained independently on the clean training split.
+
+    The *loss classifier* (``arch``/``seed``) sits inside the task loss (Eqs. 15/16) and
+    is what the SC models are optimised against. The *scorer* (``score_arch``/
+    ``score_seed``) never enters a loss: its top-1 accuracy on reconstructions is the
+    headline accuracy. Neither ever sees a test image; every score uses test images only.
+    """
     arch: str = "cnn"
     epochs: int = 3
-    checkpoint: str = ""  # user-supplied classifier checkpoint
+    seed: int = 0
+    checkpoint: str = ""  # user-supplied loss-classifier checkpoint
+    score_arch: str = "lenet"
+    score_epochs: int = 3
+    score_seed: int = 1
+    score_checkpoint: str = ""  # user-supplied scorer checkpoint
     cache_dir: str = ""  # default $PSFL_CACHE or ~/.cache/psfl
 
 
@@ -110,38 +133,135 @@ class RunConfig:
     method_options: dict[str, Any] = field(default_factory=dict)  # per-method hyper-parameters
 
     def validate(self) -> "RunConfig":
+        """Check every field once (bounds, registry names, method options); raises
+        :class:`PsflError` naming the first bad field. Returns ``self``."""
+        d, t, ch, a, ev = self.data, self.train, self.channel, self.agp, self.evaluator
+        finite = math.isfinite
         checks = [
             (self.rounds >= 1, "rounds", "must be >= 1"),
-            (self.data.num_clients >= 1, "data.num_clients", "must be >= 1"),
-            (self.data.alpha > 0, "data.alpha", "the Dirichlet concentration r must be > 0"),
-            (0 <= self.data.local_test_fraction < 1, "data.local_test_fraction", "must be in [0, 1)"),
-            (self.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
-            (self.train.local_steps >= 1 or self.train.local_epochs >= 1, "train.local_steps",
+            (self.threads >= 0, "threads", "must be >= 0 (0 = leave torch's default)"),
+            (d.num_clients >= 1, "data.num_clients", "must be >= 1"),
+            (d.alpha > 0 and finite(d.alpha), "data.alpha", "the Dirichlet concentration r must be > 0"),
+            (0 <= d.local_test_fraction < 1, "data.local_test_fraction", "must be in [0, 1)"),
+            (d.min_client_size >= 1, "data.min_client_size", "must be >= 1"),
+            (d.eval_samples >= 0, "data.eval_samples", "must be >= 0 (0 = all)"),
+            (d.local_eval_samples >= 0, "data.local_eval_samples", "must be >= 0 (0 = all)"),
+            (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
+            (t.local_steps >= 1 or t.local_epochs >= 1, "train.local_steps",
              "local_steps or local_epochs must be >= 1"),
-            (self.train.lr > 0, "train.lr", "must be > 0"),
-            (self.train.temperature > 0, "train.temperature", "must be > 0"),
-            (self.channel.snr_max_db >= self.channel.snr_min_db, "channel.snr_max_db",
-             "must be >= channel.snr_min_db"),
-            (self.agp.psi_max_db > self.agp.psi_min_db, "agp.psi_max_db", "must be > agp.psi_min_db"),
-            (0 <= self.agp.zeta_min <= self.agp.zeta_max < 1, "agp.zeta_max",
-             "need 0 <= zeta_min <= zeta_max < 1"),
-            (self.energy.bandwidth_hz > 0, "energy.bandwidth_hz", "must be > 0"),
-            (self.energy.power_w > 0, "energy.power_w", "must be > 0"),
+            (t.local_epochs >= 0, "train.local_epochs", "must be >= 0"),
+            (t.lr > 0 and finite(t.lr), "train.lr", "must be a finite number > 0"),
+            (t.student_lr >= 0 and finite(t.student_lr), "train.student_lr", "must be finite and >= 0 (0 = lr)"),
+            (0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)"),
+            (t.weight_decay >= 0 and finite(t.weight_decay), "train.weight_decay", "must be finite and >= 0"),
+            (t.grad_clip >= 0 and finite(t.grad_clip), "train.grad_clip", "must be finite and >= 0 (0 = off)"),
+            (t.temperature > 0 and finite(t.temperature), "train.temperature", "must be > 0"),
+            (t.eps > 0 and finite(t.eps), "train.eps", "must be > 0"),
+            (t.mse_weight >= 0 and finite(t.mse_weight), "train.mse_weight", "must be finite and >= 0"),
+            (all(map(finite, (ch.snr_min_db, ch.snr_max_db, ch.eval_snr_db))), "channel.snr_min_db",
+             "SNRs must be finite"),
+            (ch.snr_max_db >= ch.snr_min_db, "channel.snr_max_db", "must be >= channel.snr_min_db"),
+            (ch.rician_k >= 0 and finite(ch.rician_k), "channel.rician_k", "must be >= 0"),
+            (a.psi_max_db > a.psi_min_db, "agp.psi_max_db", "must be > agp.psi_min_db"),
+            (0 <= a.zeta_min <= a.zeta_max < 1, "agp.zeta_max", "need 0 <= zeta_min <= zeta_max < 1"),
+            (self.energy.bandwidth_hz > 0 and finite(self.energy.bandwidth_hz), "energy.bandwidth_hz", "must be > 0"),
+            (self.energy.power_w > 0 and finite(self.energy.power_w), "energy.power_w", "must be > 0"),
+            (ev.epochs >= 1, "evaluator.epochs", "must be >= 1"),
+            (ev.score_epochs >= 1, "evaluator.score_epochs", "must be >= 1"),
+            (t.mse_space in MSE_SPACES, "train.mse_space", f"must be one of {', '.join(MSE_SPACES)}"),
         ]
         for ok, name, msg in checks:
             if not ok:
                 raise PsflError(f"config field {name}: {msg}")
-        from psfl.methods import METHODS
-
-        if self.method not in METHODS:
-            raise PsflError(f"config field method: unknown method {self.method!r}; "
-                            f"known: {', '.join(METHODS.names())}")
-        if self.model.mentors and len(self.model.mentors) != self.data.num_clients:
-            raise PsflError(
-                f"config field model.mentors: {len(self.model.mentors)} entries for "
-                f"{self.data.num_clients} clients"
-            )
+        if (ev.arch, ev.seed, ev.checkpoint) == (ev.score_arch, ev.score_seed, ev.score_checkpoint) \
+                and not ev.checkpoint:
+            raise PsflError("config field evaluator.score_arch: the scorer must differ from the loss "
+                            "classifier (another arch or seed), or accuracy is not independent of the loss")
+        self._check_names()
+        self._check_mentors()
+        for name, table in self.method_options.items():
+            method_options(name, table)  # raises naming the bad option
         return self
+
+    def _check_names(self) -> None:
+        """String fields that name a registry entry."""
+        from psfl.channel import CHANNELS, EQUALIZERS
+        from psfl.data import DATASETS, PARTITIONERS, SOURCES
+        from psfl.evaluate.classifiers import CLASSIFIERS
+        from psfl.fl.energy import SNR_TRACES
+        from psfl.fl.mentors import MENTOR_RULES
+        from psfl.methods import METHODS
+        from psfl.methods.base import OPTIMIZERS
+        from psfl.models import MODELS
+
+        family = self.model.family
+        presets = [self.model.student or f"{family}-CSC"] + [f"{family}-{t}" for t in "MLH"]
+        named = [
+            ("method", self.method, METHODS), ("data.dataset", self.data.dataset, DATASETS),
+            ("data.source", self.data.source, SOURCES), ("data.scheme", self.data.scheme, PARTITIONERS),
+            ("model.mentor_rule", self.model.mentor_rule, MENTOR_RULES),
+            ("train.optimizer", self.train.optimizer, OPTIMIZERS),
+            ("channel.name", self.channel.name, CHANNELS), ("channel.equalizer", self.channel.equalizer, EQUALIZERS),
+            ("channel.snr_trace", self.channel.snr_trace, SNR_TRACES),
+            ("evaluator.arch", self.evaluator.arch, CLASSIFIERS),
+            ("evaluator.score_arch", self.evaluator.score_arch, CLASSIFIERS),
+        ] + [("model.family" if i else "model.student", p, MODELS) for i, p in enumerate(presets)]
+        for field_name, value, registry in named:
+            if value not in registry:
+                raise PsflError(f"config field {field_name}: unknown {registry.kind} {value!r}; "
+                                f"known: {', '.join(registry.names())}")
+
+    def _check_mentors(self) -> None:
+        from psfl.fl.mentors import TIERS
+
+        m = self.model
+        if m.mentors and len(m.mentors) != self.data.num_clients:
+            raise PsflError(f"config field model.mentors: {len(m.mentors)} entries for "
+                            f"{self.data.num_clients} clients")
+        bad = [x for x in m.mentors if x not in TIERS]
+        if bad:
+            raise PsflError(f"config field model.mentors: unknown tier(s) {bad}; use M, L or H")
+        for tier, path in m.mentor_init.items():
+            if tier not in TIERS:
+                raise PsflError(f"config field model.mentor_init: unknown tier {tier!r}; use M, L or H")
+            if not Path(path).is_file():
+                raise PsflError(f"config field model.mentor_init.{tier}: no such file {path}")
+        if self.data.sizes not in ("table1", "none", ""):
+            from psfl.data import parse_sizes
+
+            try:
+                n = len(parse_sizes(self.data.sizes, 10**12, self.data.num_clients) or [])
+            except PsflError as e:
+                raise PsflError(f"config field data.sizes: {e}") from None
+            if n != self.data.num_clients:
+                raise PsflError(f"config field data.sizes: {n} sizes for {self.data.num_clients} clients")
+
+    def options_for(self, method: str | None = None) -> Any:
+        """The typed options dataclass of ``method`` (default: the run's method)."""
+        name = method or self.method
+        return method_options(name, self.method_options.get(name, {}))
+
+
+MSE_SPACES = ("standardized", "unit")
+
+
+def method_options(method: str, table: dict[str, Any]) -> Any:
+    """``table`` read into ``method``'s options dataclass (``Method.Options``): unknown or
+    ill-typed options raise naming ``method_options.<method>.<field>``."""
+    from psfl.methods import METHODS
+
+    if method not in METHODS:
+        raise PsflError(f"config field method_options.{method}: unknown method {method!r}; "
+                        f"known: {', '.join(METHODS.names())}")
+    cls = METHODS.get(method).Options
+    if not isinstance(table, dict):
+        raise PsflError(f"config field method_options.{method}: expected a table of options")
+    opts = cls()
+    _apply(opts, table, prefix=f"method_options.{method}.")
+    check = getattr(opts, "check", None)
+    if check is not None:
+        check(f"method_options.{method}")
+    return opts
 
 
 # --------------------------------------------------------------------------- loading
@@ -178,7 +298,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise PsflError(f"config field {name}: expected a table, got {value!r}")
-        return dict(value)
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{name}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -214,6 +335,8 @@ def _apply(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise PsflError(f"config field {name}: expected a table")
             _apply(current, value, prefix=f"{name}.")
+        elif isinstance(current, dict) and isinstance(value, dict):  # tables merge key by key
+            setattr(obj, key, {**current, **_coerce(value, hints[key], name)})
         else:
             setattr(obj, key, _coerce(value, hints[key], name))
 
@@ -231,7 +354,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: RunConfig | None = None) -> RunConfig:
-    """Defaults <- TOML file <- ``key=value`` overrides; validated."""
+    """Defaults <- TOML file <- ``key=value`` overrides; paths made absolute, the data
+    source resolved (:func:`resolve_config`), then validated."""
     cfg = base if base is not None else RunConfig()
     if path:
         p = Path(path)
@@ -242,19 +366,75 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as e:
             raise PsflError(f"config file {p}: invalid TOML ({e})") from None
         _apply(cfg, table)
-    for item in overrides or []:
+    apply_overrides(cfg, overrides or [])
+    return resolve_config(cfg).validate()
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``section.field=value`` items applied in order (``method_options.<m>.<opt>=v`` too)."""
+    for item in overrides:
         keys, value = _parse_override(item)
-        if keys[0] == "method_options":
-            node = cfg.method_options
-            for k in keys[1:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
-            continue
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
+        if keys[0] == "method_options":
+            if len(keys) < 3:
+                raise PsflError(f"--set {item!r}: use method_options.<method>.<option>=value")
+            table = cfg.method_options.setdefault(keys[1], {})
+            node = table
+            for k in keys[2:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+            continue
         _apply(cfg, nested)
-    return cfg.validate()
+    return cfg
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Make every path absolute (a run resumed from another directory reads the same
+    files) and resolve ``data.source = "auto"``: ``npz`` when ``data.data_dir`` is given
+    (the file must exist there: never a silent fallback), else the bundled sample."""
+    def absolute(p: str) -> str:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    d, ev = cfg.data, cfg.evaluator
+    if d.data_dir:
+        d.data_dir = absolute(d.data_dir)
+    ev.checkpoint, ev.score_checkpoint, ev.cache_dir = map(absolute, (ev.checkpoint, ev.score_checkpoint,
+                                                                      ev.cache_dir))
+    cfg.model.mentor_init = {k: absolute(v) for k, v in cfg.model.mentor_init.items()}
+    if d.source == "auto":
+        from psfl.data import DATASETS
+
+        if d.dataset not in DATASETS:
+            return cfg  # validate() names the field
+        info = DATASETS.get(d.dataset)
+        if d.data_dir:
+            f = Path(d.data_dir) / info.npz_file
+            if not f.is_file():
+                raise PsflError(f"config field data.data_dir: {f} not found (the dataset {d.dataset} must be "
+                                f"there as {info.npz_file}, Keras layout)")
+            d.source = "npz"
+        elif info.bundled_file is not None:
+            d.source = "bundled"
+    if d.source == "npz" and not d.data_dir:
+        raise PsflError("config field data.source: 'npz' needs data.data_dir (or --data-dir)")
+    return cfg
+
+
+def diff_configs(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted names of the fields whose values differ."""
+    def flat(x: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in x.items():
+            if isinstance(v, dict) and k != "method_options" and k != "mentor_init":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

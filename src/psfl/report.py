@@ -45,6 +45,7 @@ def plot_mentor_student(records: Sequence[dict[str, Any]], out_dir: Path) -> lis
         ([client_mean(x, "mentor_acc") for x in records], "o-", "mentor (GSC), PSFL accuracy"),
         ([client_mean(x, "student_acc") for x in records], "s-", "student (CSC), local"),
         ([x["global"]["accuracy"] for x in records], "^--", "global student, global test"),
+        ([x["global"].get("loss_clf_accuracy", np.nan) for x in records], "x:", "global student, loss classifier"),
     ], "accuracy", "Accuracy vs round", out_dir / "accuracy.png", ylim=(0, 1))
     return [loss, acc]
 
@@ -68,20 +69,45 @@ def plot_energy(records: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     return path
 
 
-def summary_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+def read_provenance(run_dir: Path | None) -> dict[str, Any]:
+    import json
+
+    path = Path(run_dir) / "provenance.json" if run_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _num(v: Any, fmt: str = "{:.4f}") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
+
+
+def baseline_rows(baselines: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
+    names = {"constant": "constant image", "dataset_mean": "dataset-mean image", "class_mean": "class-mean image (oracle label)"}
+    return [(f"  baseline: {names.get(k, k)}", f"{v['psnr']:.2f} dB / {v['ssim']:.4f}") for k, v in baselines.items()]
+
+
+def summary_rows(records: Sequence[dict[str, Any]], run_dir: Path | None = None) -> list[tuple[str, str]]:
+    """The run summary; the first lines are the headline: the independent scorer's
+    global accuracy and PSNR/SSIM next to the trivial baselines (from provenance.json)."""
     last = records[-1]
     g = last["global"]
+    prov = read_provenance(run_dir)
     energy = [x["energy_j"] for x in records]
     bits = [x["upload_bits"] / max(1, len(x["clients"])) for x in records]
+    scorer = prov.get("evaluators", {}).get("scorer", {})
     rows = [
+        (f"global accuracy (independent scorer {scorer.get('arch', '')}, last round)".replace(" ,", ","),
+         _num(g["accuracy"])),
+        ("  global accuracy, round 1", _num(records[0]["global"]["accuracy"])),
+        ("global PSNR / SSIM (last round)", f"{_num(g.get('psnr'), '{:.2f}')} dB / {_num(g.get('ssim'))}"),
+        *baseline_rows(prov.get("baselines", {})),
+        ("  loss classifier's accuracy (it is in the loss)", _num(g.get("loss_clf_accuracy"))),
         ("method", str(last["method"])),
         ("rounds", str(len(records))),
-        ("PSFL accuracy (mean mentor acc, last round)", f"{client_mean(last, 'mentor_acc'):.4f}"),
-        ("  mentor acc, round 1", f"{client_mean(records[0], 'mentor_acc'):.4f}"),
-        ("mean student local acc (last round)", f"{client_mean(last, 'student_acc'):.4f}"),
-        ("global model accuracy (global test)", f"{g['accuracy']:.4f}"),
-        ("  global accuracy, round 1", f"{records[0]['global']['accuracy']:.4f}"),
-        ("global PSNR / SSIM", f"{g.get('psnr', float('nan')):.2f} dB / {g.get('ssim', float('nan')):.4f}"),
+        ("data", f"{prov.get('data', {}).get('source', '?')} (fingerprint {str(prov.get('data', {}).get('fingerprint', '?'))[:12]})"),
+        ("PSFL accuracy (mean mentor acc, last round)", _num(client_mean(last, 'mentor_acc'))),
+        ("  mentor acc, round 1", _num(client_mean(records[0], 'mentor_acc'))),
+        ("mean student local acc (last round)", _num(client_mean(last, 'student_acc'))),
+        ("mean local acc (last round)", _num(last.get("mean_local_acc"))),
         ("zeta trace", " ".join(f"{x.get('zeta', 0):.2f}" for x in records)),
         ("energy per round (J), mean", f"{np.mean(energy):.4f}"),
         ("energy total (J)", f"{np.sum(energy):.4f}"),
@@ -89,6 +115,23 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         ("wall time (s)", f"{sum(x['time_s'] for x in records):.1f}"),
     ]
     return rows
+
+
+def plot_psnr(records: Sequence[dict[str, Any]], out_dir: Path, baselines: dict[str, dict[str, float]]) -> Path:
+    """Global PSNR vs round beside the trivial baselines (horizontal lines)."""
+    r = [rec["round"] + 1 for rec in records]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(r, [x["global"].get("psnr", np.nan) for x in records], "o-", label="global model")
+    for (name, b), style in zip(baselines.items(), (":", "--", "-.")):
+        ax.axhline(b["psnr"], color="gray", linestyle=style, label=f"baseline: {name.replace('_', '-')}")
+    ax.set(xlabel="communication round", ylabel="PSNR (dB)", title="Reconstruction PSNR vs trivial baselines")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "psnr.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def format_table(rows: Sequence[tuple[str, str]]) -> str:
@@ -101,5 +144,6 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
     out_dir = Path(out_dir)
     paths = plot_mentor_student(records, out_dir)
     paths.append(plot_energy(records, out_dir))
-    (out_dir / "summary.txt").write_text(format_table(summary_rows(records)) + "\n")
+    paths.append(plot_psnr(records, out_dir, read_provenance(out_dir).get("baselines", {})))
+    (out_dir / "summary.txt").write_text(format_table(summary_rows(records, out_dir)) + "\n")
     return paths

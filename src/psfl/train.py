@@ -22,19 +22,23 @@ from psfl.evaluate.metrics import using_channel
 from psfl.models.base import SCOutput
 
 
-def task_loss_terms(logits: Tensor, x_hat: Tensor, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+def task_loss_terms(logits: Tensor, x_hat: Tensor, x: Tensor, y: Tensor, mse_scale: float = 1.0
+                    ) -> dict[str, Tensor]:
     """The task loss of one SC model, Eq. 8 + Eqs. 15/16: ``ce`` = CE(y, y_hat) with
     y_hat = softmax(logits) of the evaluator on m_hat (Eq. 8), ``mse`` = MSE(m, m_hat)
-    (mean over pixels), ``loss`` = ce + mse (L_task of Eq. 16, L'_task of Eq. 15)."""
+    (mean over pixels, model space), ``loss`` = ce + mse_scale * mse (L_task of Eq. 16,
+    L'_task of Eq. 15). ``mse_scale`` sets the MSE term's weight and pixel space (see
+    ``train.mse_weight`` / ``train.mse_space``; 1 = plain MSE of model-space pixels)."""
     ce = F.cross_entropy(logits, y)
     mse = F.mse_loss(x_hat, x)
-    return {"ce": ce, "mse": mse, "loss": ce + mse}
+    return {"ce": ce, "mse": mse, "loss": ce + mse_scale * mse}
 
 
-def task_loss(out: SCOutput, x: Tensor, y: Tensor, evaluator: nn.Module) -> dict[str, Tensor]:
+def task_loss(out: SCOutput, x: Tensor, y: Tensor, evaluator: nn.Module, mse_scale: float = 1.0
+              ) -> dict[str, Tensor]:
     """Eqs. 8 and 15/16 for a model output: scores ``out.x_hat`` with the (frozen)
     evaluator and returns :func:`task_loss_terms` (``ce``, ``mse``, ``loss``)."""
-    return task_loss_terms(evaluator(out.x_hat), out.x_hat, x, y)
+    return task_loss_terms(evaluator(out.x_hat), out.x_hat, x, y, mse_scale)
 
 
 def sample_snr(train_snr_db: float | tuple[float, float], batch: int,

@@ -22,12 +22,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from psfl.cli.run import announce_data, data_overrides
     from psfl.compare import compare
     from psfl.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    if args.data_dir:
-        cfg.data.data_dir = args.data_dir
+    cfg = load_config(args.config, list(args.overrides) + data_overrides(args))
+    announce_data(cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume)
     print((Path(args.out) / "summary.md").read_text())

@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
         raise PsflError(f"{path} holds no {METRICS} records")
     if not args.no_plots:
         write_report(records, path)
-    print(format_table(summary_rows(records)))
+    print(format_table(summary_rows(records, path)))
     return 0

@@ -14,26 +14,52 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set train.lr=0.01 (repeatable)")
     p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout)")
     p.add_argument("--out", help="run directory (default: a fresh folder under runs/)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete round")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its last complete round; --set rounds=N extends it "
+                        "(no other field may change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """``--data-dir`` as a config override (made absolute by the config loader)."""
+    import json
+
+    return [f"data.data_dir={json.dumps(str(args.data_dir))}"] if getattr(args, "data_dir", None) else []
+
+
+def announce_data(cfg) -> None:
+    """First line of a run: where its data come from (the bundled sample is said aloud)."""
+    d = cfg.data
+    if d.source == "bundled":
+        print(f"psfl: data: the bundled {d.dataset} sample (5,700 train / 1,000 test images), not the full "
+              f"dataset; pass --data-dir DIR for {d.dataset}.npz", flush=True)
+    else:
+        print(f"psfl: data: {d.dataset} from {d.source} {d.data_dir or ''}".rstrip(), flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from psfl.config import load_config
     from psfl.report import format_table, summary_rows, write_report
     from psfl.runners.inprocess import new_run_dir, resume_config, run_federated
 
+    overrides = list(args.overrides) + data_overrides(args)
     if args.resume:
+        if args.config:
+            print("psfl run: error: --config cannot be combined with --resume (the run keeps its config.toml; "
+                  "use --set rounds=N to extend it)", file=sys.stderr)
+            return 2
         run_dir = Path(args.resume)
-        cfg = resume_config(run_dir)
+        cfg = resume_config(run_dir, overrides)
     else:
-        cfg = load_config(args.config, args.overrides)
-        if args.data_dir:
-            cfg.data.data_dir = args.data_dir
+        cfg = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else new_run_dir("runs", cfg.method)
-    result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    announce_data(cfg)
+    result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                           command=["psfl", *sys.argv[1:]])
     paths = write_report(result.records, run_dir)
-    print(format_table(summary_rows(result.records)))
-    print(f"run directory: {run_dir}  (metrics.jsonl, checkpoint.pt, config.toml, "
+    print(format_table(summary_rows(result.records, run_dir)))
+    print(f"run directory: {run_dir}  (metrics.jsonl, checkpoint.pt, config.toml, provenance.json, "
           + ", ".join(p.name for p in paths) + ")")
     return 0

@@ -26,6 +26,8 @@ from psfl.data.partition import (
     format_partition_table,
     iid_counts,
     label_skew,
+    local_test_from_test_split,
+    partition_fingerprint,
     make_partition,
     parse_sizes,
     plot_partition,
@@ -46,6 +48,6 @@ __all__ = [
     "clear_dataset_cache", "PreparedData", "prepare", "denormalize", "resolve_for",
     "to_model_input", "clear_prepare_cache", "PARTITIONERS", "TABLE1_VOLUMES", "Partition",
     "make_partition", "dirichlet_counts", "iid_counts", "table1_sizes", "parse_sizes",
-    "label_skew", "format_partition_table", "plot_partition", "ClientData", "client_datasets",
+    "label_skew", "local_test_from_test_split", "partition_fingerprint", "format_partition_table", "plot_partition", "ClientData", "client_datasets",
     "iterate_batches", "INPUT_PRESETS", "InputSpec", "ResolvedInput",
 ]

@@ -253,14 +253,16 @@ def torchvision_source(info: DatasetInfo, data_dir: Path | None) -> ArrayDataset
 
 @SOURCES.register("auto")
 def auto_source(info: DatasetInfo, data_dir: Path | None) -> ArrayDataset:
-    """``npz`` if ``data_dir`` holds the file, else the bundled sample if there is one."""
-    if data_dir is not None and (Path(data_dir).expanduser() / info.npz_file).is_file():
+    """``npz`` when a ``data_dir`` is given (the file must be there: an explicit data
+    directory never falls back silently), else the bundled sample if there is one."""
+    if data_dir is not None:
+        path = Path(data_dir).expanduser() / info.npz_file
+        if not path.is_file():
+            raise PsflError(f"no data for {info.name}: {path} not found; {_need_data_hint(info)}")
         return npz_source(info, data_dir)
     if info.bundled_file is not None:
         return bundled_source(info, None)
-    where = (f"{Path(data_dir).expanduser() / info.npz_file} not found"
-             if data_dir is not None else "no data directory given")
-    raise PsflError(f"no data for {info.name}: {where}; {_need_data_hint(info)}")
+    raise PsflError(f"no data for {info.name}: no data directory given; {_need_data_hint(info)}")
 
 
 # --------------------------------------------------------------------------- loading

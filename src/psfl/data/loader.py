@@ -32,12 +32,25 @@ def _take(t: Tensor, idx: np.ndarray) -> Tensor:
     return t.index_select(0, torch.as_tensor(idx, dtype=torch.long, device=t.device))
 
 
-def client_datasets(prepared: PreparedData, partition: Partition) -> list[ClientData]:
-    """Gather every client's local train/test samples once (one ``index_select`` each)."""
+def client_datasets(prepared: PreparedData, partition: Partition,
+                    test_indices: list[np.ndarray] | None = None) -> list[ClientData]:
+    """Gather every client's local train/test samples once (one ``index_select`` each).
+
+    ``test_indices`` (one array per client, into the *test* split; see
+    :func:`psfl.data.local_test_from_test_split`) replaces the held-out training
+    samples as local test sets."""
+    if test_indices is None:
+        return [
+            ClientData(k, _take(prepared.x_train, tr), _take(prepared.y_train, tr),
+                       _take(prepared.x_train, te), _take(prepared.y_train, te))
+            for k, (tr, te) in enumerate(zip(partition.train_indices, partition.test_indices))
+        ]
+    if len(test_indices) != partition.num_clients:
+        raise ValueError(f"{len(test_indices)} local test sets for {partition.num_clients} clients")
     return [
         ClientData(k, _take(prepared.x_train, tr), _take(prepared.y_train, tr),
-                   _take(prepared.x_train, te), _take(prepared.y_train, te))
-        for k, (tr, te) in enumerate(zip(partition.train_indices, partition.test_indices))
+                   _take(prepared.x_test, te), _take(prepared.y_test, te))
+        for k, (tr, te) in enumerate(zip(partition.train_indices, test_indices))
     ]
 
 

@@ -341,6 +341,41 @@ def make_partition(labels: np.ndarray, *, num_classes: int | None = None, num_cl
     return Partition(train, test, counts.T.copy(), scheme, alpha if scheme == "dirichlet" else None)
 
 
+def local_test_from_test_split(partition: Partition, y_train: np.ndarray, y_test: np.ndarray,
+                               seed: int) -> list[np.ndarray]:
+    """Per client, indices into the *test* split with the same class counts as the
+    client's held-out local test share (``partition.test_indices``), drawn without
+    replacement per client (clients may share test images). Local accuracy is then
+    scored on images that trained neither a client nor an evaluator. A class with fewer
+    test images than asked gives all it has."""
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    num_classes = partition.class_counts.shape[1]
+    by_class = [np.flatnonzero(y_test == c) for c in range(num_classes)]
+    out = []
+    for k, held in enumerate(partition.test_indices):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, k]))
+        want = np.bincount(y_train[held], minlength=num_classes)
+        parts = [rng.choice(by_class[c], size=min(int(n), len(by_class[c])), replace=False)
+                 for c, n in enumerate(want) if n > 0]
+        out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
+    return out
+
+
+def partition_fingerprint(partition: Partition, local_test: Sequence[np.ndarray] = ()) -> str:
+    """Hex digest of every client's index arrays (train, held-out, and local test indices
+    into the test split): two runs see the same client data iff these agree."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for group in (partition.train_indices, partition.test_indices, list(local_test)):
+        h.update(f"|{len(group)}".encode())
+        for a in group:
+            a = np.ascontiguousarray(np.asarray(a, np.int64))
+            h.update(f"{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- reporting
 def label_skew(class_counts: np.ndarray) -> float:
     """Mean total-variation distance between each client's label distribution and the

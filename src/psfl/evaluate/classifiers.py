@@ -85,6 +85,36 @@ def _cnn_w32(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     return CompactCNN(in_chans, num_classes, img_size, width=32)
 
 
+class LeNetStyle(nn.Module):
+    """conv5x5(32) relu maxpool | conv5x5(64) relu maxpool | linear(256) relu linear.
+
+    LeCun-style network with no normalisation and no dropout: architecturally unlike
+    :class:`CompactCNN` (3x3 conv-BN stacks), the default *scorer* that is kept
+    independent of the classifier inside the training loss. Inputs above ``work_size``
+    px are area-downsampled first."""
+
+    def __init__(self, in_chans: int, num_classes: int, img_size: int, work_size: int = 32) -> None:
+        super().__init__()
+        self.work_size = img_size if img_size <= SMALL_IMAGE else work_size
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        side = self.work_size // 4
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 256), nn.ReLU(inplace=True),
+                                  nn.Linear(256, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
+        if x.shape[-1] != self.work_size:
+            x = F.adaptive_avg_pool2d(x, self.work_size)
+        return self.head(self.features(x))
+
+
+@_register("lenet", "LeNet-style CNN (5x5 convs, no BatchNorm): the default independent scorer")
+def _lenet(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
+    return LeNetStyle(in_chans, num_classes, img_size)
+
+
 def _adapt_resnet(net: Any, in_chans: int, img_size: int) -> nn.Module:
     if img_size <= SMALL_IMAGE:
         net.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)

@@ -57,8 +57,22 @@ def dataset_fingerprint(ds: Any) -> str:
     return ds.fingerprint()[:16]
 
 
-def cache_path(cache_dir: Path, dataset: str, input_preset: str, arch: str, fingerprint: str) -> Path:
-    return Path(cache_dir) / f"{dataset}__{input_preset}__{arch}__{fingerprint}.pt"
+TRAIN_DEFAULTS = {"batch_size": 128, "lr": 3e-3, "hflip": False}
+
+
+def cache_path(cache_dir: Path, dataset: str, input_preset: str, arch: str, fingerprint: str,
+               epochs: int = 3, seed: int = 0, batch_size: int = 128, lr: float = 3e-3, hflip: bool = False) -> Path:
+    """Cache file of an evaluator: every setting that changes its weights is in the name
+    (dataset, data fingerprint, input preset, arch, epochs, seed) or in the hash of the
+    remaining training settings, so a cache hit is the same network."""
+    import hashlib
+
+    extra = hashlib.blake2b(repr((batch_size, float(lr), bool(hflip), _FIT_VERSION)).encode(),
+                            digest_size=4).hexdigest()
+    return Path(cache_dir) / f"{dataset}__{input_preset}__{arch}__e{epochs}__s{seed}__{fingerprint}__{extra}.pt"
+
+
+_FIT_VERSION = 1  # bump when fit_classifier's recipe changes (invalidates cached evaluators)
 
 
 def fit_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float,
@@ -158,7 +172,8 @@ def train_evaluator(dataset: str, source: str = "auto", data_dir: str | None = N
     seconds = time.perf_counter() - t0
     acc = classifier_accuracy(net, prepared.x_test, prepared.y_test)
     fp = dataset_fingerprint(ds)
-    path = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), dataset, res.name, arch, fp)
+    path = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), dataset, res.name, arch, fp,
+                      epochs, seed, batch_size, lr, hflip)
     info = EvaluatorInfo(arch, dataset, str(getattr(ds, "source", source)), fp, res.name, res.size, res.channels,
                          num_classes, epochs, seed, acc, seconds, str(path))
     _save(net, info, path)
@@ -204,18 +219,20 @@ def load_classifier_checkpoint(path: str | Path, arch: str | None = None, num_cl
 def load_evaluator(dataset: str, source: str = "auto", data_dir: str | None = None,
                    input_preset: str = "native", arch: str = "cnn", epochs: int = 3,
                    checkpoint: str | Path | None = None, cache_dir: str | Path | None = None,
-                   train_if_missing: bool = True, progress: bool = True, seed: int = 0) -> FrozenClassifier:
-    """The frozen evaluator for (dataset, input preset, arch): a user ``checkpoint`` if
-    given, else the cached one, else (``train_if_missing``) train and cache it."""
+                   train_if_missing: bool = True, progress: bool = True, seed: int = 0,
+                   dataset_obj: Any = None) -> FrozenClassifier:
+    """The frozen evaluator for (dataset, input preset, arch, epochs, seed): a user
+    ``checkpoint`` if given, else the cached one, else (``train_if_missing``) train and
+    cache it. ``dataset_obj``: an already loaded dataset (skips loading)."""
     from psfl.data import resolve_for
 
-    ds = _load(dataset, source, data_dir)
+    ds = dataset_obj if dataset_obj is not None else _load(dataset, source, data_dir)
     res = resolve_for(ds, input_preset)
     if checkpoint:
         return load_classifier_checkpoint(checkpoint, arch, int(ds.num_classes), res.channels, res.size)
     CLASSIFIERS.get(arch)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = cache_path(root, dataset, res.name, arch, dataset_fingerprint(ds))
+    path = cache_path(root, dataset, res.name, arch, dataset_fingerprint(ds), epochs, seed)
     if path.is_file():
         return load_classifier_checkpoint(path)
     if not train_if_missing:

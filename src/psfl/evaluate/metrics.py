@@ -46,13 +46,16 @@ def _ssim_kernel(size: int) -> tuple[int, float]:
 def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor,
                             snr_db: float | Tensor, channel: Channel | None = None,
                             generator: torch.Generator | None = None, batch_size: int = 256,
-                            input: Any = None) -> dict[str, float]:
+                            input: Any = None, loss_classifier: nn.Module | None = None,
+                            mse_scale: float = 1.0) -> dict[str, float]:
     """Push ``x`` through ``model`` at ``snr_db`` (over ``channel``, default the model's own)
     and score the reconstructions.
 
-    Returns ``accuracy`` (evaluator top-1 on m_hat), ``psnr`` (dB, mean over images),
+    Returns ``accuracy`` (``evaluator`` top-1 on m_hat), ``psnr`` (dB, mean over images),
     ``ssim`` (mean over images), ``mse`` (pixels in [0, 1]), and the task-loss terms
-    ``ce`` and ``loss`` = CE + MSE in the model's input space (Eqs. 15/16).
+    ``ce`` and ``loss`` = CE + mse_scale * MSE in the model's input space (Eqs. 15/16),
+    with CE from ``loss_classifier`` when given (the classifier the model was trained
+    against; its accuracy is then ``loss_clf_accuracy``), else from ``evaluator``.
     """
     from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -63,7 +66,7 @@ def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k, sigma=sigma)
     was = model.training
     model.eval()
-    correct, sq_err, ce_sum, mse_in_sum, n = 0, 0.0, 0.0, 0.0, 0
+    correct, correct_lc, sq_err, ce_sum, mse_in_sum, n = 0, 0, 0.0, 0.0, 0.0, 0
     with using_channel(model, channel):
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
@@ -71,6 +74,9 @@ def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y
             x_hat = model(xb, snr, generator=generator).x_hat  # (B, C, H, W)
             logits = evaluator(x_hat)
             correct += int((logits.argmax(-1) == yb).sum())
+            if loss_classifier is not None:
+                logits = loss_classifier(x_hat)
+                correct_lc += int((logits.argmax(-1) == yb).sum())
             ce_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             mse_in_sum += float(F.mse_loss(x_hat, xb, reduction="none").flatten(1).mean(1).sum())
             a, b = to_unit_range(x_hat, input), to_unit_range(xb, input)
@@ -80,5 +86,8 @@ def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y
             n += xb.shape[0]
     model.train(was)
     ce = ce_sum / n
-    return {"accuracy": correct / n, "psnr": float(psnr.compute()), "ssim": float(ssim.compute()),
-            "mse": sq_err / n, "ce": ce, "loss": ce + mse_in_sum / n}
+    out = {"accuracy": correct / n, "psnr": float(psnr.compute()), "ssim": float(ssim.compute()),
+           "mse": sq_err / n, "ce": ce, "loss": ce + mse_scale * mse_in_sum / n}
+    if loss_classifier is not None:
+        out["loss_clf_accuracy"] = correct_lc / n
+    return out

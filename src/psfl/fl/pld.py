@@ -112,23 +112,24 @@ class PLDLosses:
         return self.mentor["total"] + self.student["total"]
 
 
-def task_terms(out: SCOutput, x: Tensor, y: Tensor, classifier: nn.Module) -> tuple[dict[str, Tensor], Tensor]:
-    """Eqs. 15/16 for one model: CE(y, classifier(m_hat)) + MSE(m, m_hat), as
+def task_terms(out: SCOutput, x: Tensor, y: Tensor, classifier: nn.Module, mse_scale: float = 1.0
+               ) -> tuple[dict[str, Tensor], Tensor]:
+    """Eqs. 15/16 for one model: CE(y, classifier(m_hat)) + mse_scale * MSE(m, m_hat), as
     ``{ce, mse, task}`` plus the classifier's logits (one definition: psfl.train)."""
     from psfl.train import task_loss_terms
 
     logits = classifier(out.x_hat)
-    terms = task_loss_terms(logits, out.x_hat, x, y)
+    terms = task_loss_terms(logits, out.x_hat, x, y, mse_scale)
     return {"ce": terms["ce"], "mse": terms["mse"], "task": terms["loss"]}, logits
 
 
 def pld_losses(mentor_out: SCOutput, student_out: SCOutput, x: Tensor, y: Tensor,
                classifier: nn.Module, bridge: SemanticBridge, temperature: float = 1.0,
-               eps: float = 1e-6, distill: bool = True) -> PLDLosses:
+               eps: float = 1e-6, distill: bool = True, mse_scale: float = 1.0) -> PLDLosses:
     """All PLD terms for one batch (Eqs. 15-21). ``distill=False`` keeps only the task
     losses (the 'without PLD distillation' baseline)."""
-    m, m_logits = task_terms(mentor_out, x, y, classifier)
-    s, s_logits = task_terms(student_out, x, y, classifier)
+    m, m_logits = task_terms(mentor_out, x, y, classifier, mse_scale)
+    s, s_logits = task_terms(student_out, x, y, classifier, mse_scale)
     if distill:
         m["dis"] = adaptive_distillation_loss(m_logits, s_logits, s["task"], temperature, eps)  # (17)
         s["dis"] = adaptive_distillation_loss(s_logits, m_logits, m["task"], temperature, eps)  # (18)

@@ -14,6 +14,7 @@ plain dict of tensors held by the runner, never a model object per client.
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from psfl.config import RunConfig
+from psfl.errors import DivergenceError
 from psfl.registry import Registry
 
 
@@ -61,19 +63,28 @@ class ClientResult:
 
 @dataclass
 class FederatedEnv:
-    """Everything a method needs, built once from the config (shared by all runners)."""
+    """Everything a method needs, built once from the config (shared by all runners).
+
+    Two frozen classifiers: ``loss_classifier`` inside the task loss (Eqs. 15/16) and
+    ``scorer``, trained independently, which alone scores accuracy. Local and global
+    scores use test-split images only (never an image that trained either classifier
+    or a client)."""
 
     cfg: RunConfig
-    clients: list[Any]  # psfl.data.ClientData per client
+    clients: list[Any]  # psfl.data.ClientData per client (local test images from the test split)
     volumes: list[int]  # N_k
-    evaluator: nn.Module  # frozen classifier scoring reconstructions
+    loss_classifier: nn.Module  # frozen classifier inside the task loss
+    scorer: nn.Module  # frozen independent classifier: the headline accuracy
     img_size: int
     in_chans: int
     num_classes: int
     test_x: Tensor  # global test subset, model input space
     test_y: Tensor
     input: Any  # ResolvedInput (for de-normalising)
+    channel: nn.Module  # the configured channel (Eq. 6), installed in every model
+    mse_scale: float = 1.0  # weight of MSE(m, m_hat) in model space (train.mse_weight / mse_space)
     class_counts: np.ndarray | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # data, partition, evaluators, baselines
     _pool: dict[str, nn.Module] = field(default_factory=dict)
 
     def model(self, preset: str) -> nn.Module:
@@ -83,7 +94,9 @@ class FederatedEnv:
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(self.cfg.seed, 0xA11, *map(ord, preset)))
-                self._pool[preset] = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
+                m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
+            m.channel = self.channel
+            self._pool[preset] = m
         return self._pool[preset]
 
     def fresh_state(self, preset: str, *seed_parts: int) -> dict[str, Tensor]:
@@ -100,6 +113,55 @@ class FederatedEnv:
         if "-" in tier_or_name:
             return tier_or_name
         return f"{self.cfg.model.family}-{tier_or_name}"
+
+    def task_terms(self, out: Any, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Eqs. 15/16 for one model output with the run's loss classifier and MSE weight."""
+        from psfl.fl.pld import task_terms
+
+        return task_terms(out, x, y, self.loss_classifier, self.mse_scale)
+
+    def local_accuracy(self, model: nn.Module, cid: int, rnd: int, snr_db: float) -> float:
+        """Scorer accuracy of ``model``'s reconstructions of client ``cid``'s local test
+        images at ``snr_db`` (the seeded channel draw depends on round and client only)."""
+        data = self.clients[cid]
+        g = make_generator(self.cfg.seed, 0xE7A, rnd, cid)
+        return accuracy_at(model, self.scorer, data.x_test, data.y_test, snr_db, g)
+
+
+class _Scored(nn.Module):
+    """model -> reconstruction -> classifier logits, so an SC model can be scored by
+    :func:`psfl.evaluate.classifier_accuracy` (one accuracy loop in the code base)."""
+
+    def __init__(self, model: nn.Module, classifier: nn.Module, snr_db: float, generator: torch.Generator):
+        super().__init__()
+        self.model, self.classifier, self.snr_db, self.generator = model, classifier, snr_db, generator
+        self.train(model.training)  # classifier_accuracy restores this mode afterwards
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.model(x, self.snr_db, generator=self.generator).x_hat)
+
+
+def accuracy_at(model: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, snr_db: float,
+                generator: torch.Generator, batch_size: int = 256) -> float:
+    """``classifier`` accuracy on ``model``'s reconstructions of ``x`` at ``snr_db``."""
+    from psfl.evaluate import classifier_accuracy
+
+    return classifier_accuracy(_Scored(model, classifier, snr_db, generator), x, y, batch_size)
+
+
+def check_finite(value: float, rnd: int, cid: int | None, quantity: str) -> float:
+    """``value`` if finite, else :class:`DivergenceError` naming round, client, quantity."""
+    if not math.isfinite(value):
+        raise DivergenceError(rnd, cid, quantity, value)
+    return value
+
+
+def check_state_finite(state: dict[str, Tensor], rnd: int, cid: int | None, quantity: str) -> None:
+    """Every floating tensor of ``state`` finite, else :class:`DivergenceError` naming the
+    first bad tensor."""
+    for k, v in state.items():
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise DivergenceError(rnd, cid, f"{quantity} {k}")
 
 
 def local_batches(x: Tensor, y: Tensor, batch_size: int, local_steps: int, local_epochs: int,
@@ -143,15 +205,28 @@ def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     optimizer.step()
 
 
+@dataclass
+class MethodOptions:
+    """Typed options of a method (``method_options.<name>`` in the config). Subclass it
+    as a dataclass; :meth:`check` validates values (``where`` names the table)."""
+
+    def check(self, where: str) -> None:
+        pass
+
+
 class FederatedMethod(ABC):
-    """Server + client logic of one method. Subclasses register in :data:`METHODS`."""
+    """Server + client logic of one method. Subclasses register in :data:`METHODS` and
+    declare their options as a dataclass ``Options``."""
 
     name: str = ""
+    Options: type[MethodOptions] = MethodOptions
 
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, env: FederatedEnv, options: MethodOptions | None = None) -> None:
         self.env = env
         self.cfg = env.cfg
-        self.options = dict(options or {})
+        self.options = options if options is not None else self.Options()
+        if not isinstance(self.options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(self.options).__name__}")
 
     # ---------------------------------------------------------------- server side
     @abstractmethod
@@ -192,45 +267,102 @@ class FederatedMethod(ABC):
 METHODS: Registry[type[FederatedMethod]] = Registry("method")
 
 
+def _frozen(clf: nn.Module) -> nn.Module:
+    clf.eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    return clf
+
+
+def state_digest(state: dict[str, Tensor]) -> str:
+    """Content hash of a state dict (names, shapes, dtypes, bytes): a model's identity."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
-    """Data, partition, evaluator and the global test subset for a run (deterministic)."""
+    """Data, partition, the two frozen classifiers, the channel, the global test subset
+    and the trivial baselines for a run (deterministic)."""
+    from dataclasses import asdict
+
     from psfl import data as D
+    from psfl.channel import create_channel
     from psfl.evaluate import load_evaluator
+    from psfl.evaluate.baselines import pixel_variance, trivial_baselines
     from psfl.models import MODELS
 
-    ds = D.load_dataset(cfg.data.dataset, source=cfg.data.source, data_dir=cfg.data.data_dir)
+    d = cfg.data
+    ds = D.load_dataset(d.dataset, source=d.source, data_dir=d.data_dir)
     student_preset = cfg.model.student or f"{cfg.model.family}-CSC"
     spec = D.INPUT_PRESETS.get(MODELS.get(student_preset).input_preset)
     prepared = D.prepare(ds, spec)
     part = D.make_partition(
-        ds.y_train, num_classes=ds.num_classes, num_clients=cfg.data.num_clients,
-        scheme=cfg.data.scheme, alpha=cfg.data.alpha, sizes=cfg.data.sizes,
-        min_size=cfg.data.min_client_size, local_test_fraction=cfg.data.local_test_fraction,
-        seed=cfg.seed,
+        ds.y_train, num_classes=ds.num_classes, num_clients=d.num_clients, scheme=d.scheme, alpha=d.alpha,
+        sizes=d.sizes, min_size=d.min_client_size, local_test_fraction=d.local_test_fraction, seed=cfg.seed,
     )
-    clients = D.client_datasets(prepared, part)
-    if cfg.data.local_eval_samples > 0:  # a fixed seeded subset of each local test split
-        for c in clients:
-            n = c.x_test.shape[0]
-            if n > cfg.data.local_eval_samples:
-                keep = torch.randperm(n, generator=make_generator(cfg.seed, 0x10C, c.cid))
-                keep = keep[: cfg.data.local_eval_samples].sort().values
-                c.x_test, c.y_test = c.x_test[keep], c.y_test[keep]
-    evaluator = load_evaluator(
-        dataset=cfg.data.dataset, source=cfg.data.source, data_dir=cfg.data.data_dir,
-        input_preset=spec.name, arch=cfg.evaluator.arch, epochs=cfg.evaluator.epochs,
-        checkpoint=cfg.evaluator.checkpoint or None, cache_dir=cfg.evaluator.cache_dir or None,
-        train_if_missing=True, progress=progress, seed=cfg.seed,
-    )
-    evaluator.eval()
-    for p in evaluator.parameters():
-        p.requires_grad_(False)
+    # Local test images come from the test split (same class counts as the client's
+    # held-out share of its partition): no image that trained a client or either
+    # classifier ever scores anything.
+    local_test = D.local_test_from_test_split(part, ds.y_train, ds.y_test, seed=derive_seed(cfg.seed, 0x10C))
+    if d.local_eval_samples > 0:  # a fixed seeded subset of each local test set
+        for k, idx in enumerate(local_test):
+            if len(idx) > d.local_eval_samples:
+                keep = torch.randperm(len(idx), generator=make_generator(cfg.seed, 0x10C, k))
+                local_test[k] = np.sort(idx[keep[: d.local_eval_samples].numpy()])
+    clients = D.client_datasets(prepared, part, test_indices=local_test)
+    ev = cfg.evaluator
+    common = dict(dataset=d.dataset, source=d.source, data_dir=d.data_dir, input_preset=spec.name,
+                  cache_dir=ev.cache_dir or None, train_if_missing=True, progress=progress, dataset_obj=ds)
+    loss_clf = _frozen(load_evaluator(arch=ev.arch, epochs=ev.epochs, seed=ev.seed,
+                                      checkpoint=ev.checkpoint or None, **common))
+    scorer = _frozen(load_evaluator(arch=ev.score_arch, epochs=ev.score_epochs, seed=ev.score_seed,
+                                    checkpoint=ev.score_checkpoint or None, **common))
     n_test = prepared.x_test.shape[0]
-    k = n_test if cfg.data.eval_samples <= 0 else min(cfg.data.eval_samples, n_test)
+    k = n_test if d.eval_samples <= 0 else min(d.eval_samples, n_test)
     idx = torch.randperm(n_test, generator=make_generator(cfg.seed, 0x7E57))[:k].sort().values
     x_test, y_test = prepared.x_test[idx], prepared.y_test[idx]
+    res = prepared.input
+    std2 = float(np.mean(np.square(res.std)))  # model-space MSE -> [0, 1]-pixel MSE
+    var = pixel_variance(prepared.x_train, res)
+    mse_scale = cfg.train.mse_weight * std2 / (var if cfg.train.mse_space == "standardized" else 1.0)
+    channel = create_channel(cfg.channel.name, **channel_kwargs(cfg))
+
+    def clf_record(clf: Any, which: str) -> dict[str, Any]:
+        info = getattr(clf, "info", None)
+        return {"role": which, "weights_blake2b": state_digest(clf.state_dict()),
+                **({k: v for k, v in asdict(info).items()} if info is not None else {"info": "user checkpoint"})}
+
+    provenance = {
+        "data": {"dataset": d.dataset, "source": ds.source, "data_dir": d.data_dir, "fingerprint": ds.fingerprint(),
+                 "train_images": int(ds.x_train.shape[0]), "test_images": int(ds.y_test.shape[0])},
+        "partition": {"fingerprint": D.partition_fingerprint(part, local_test), "volumes": part.sizes.tolist()},
+        "evaluators": {"loss_classifier": clf_record(loss_clf, "inside the task loss (Eqs. 15/16)"),
+                       "scorer": clf_record(scorer, "independent: headline accuracy")},
+        "mse_scale": mse_scale, "pixel_variance": var,
+        "baselines": trivial_baselines(prepared.x_train, prepared.y_train, x_test, y_test, ds.num_classes, res),
+        "global_test_images": int(k),
+    }
     return FederatedEnv(
-        cfg=cfg, clients=clients, volumes=[int(c.x.shape[0]) for c in clients], evaluator=evaluator,
-        img_size=prepared.input.size, in_chans=prepared.input.channels, num_classes=ds.num_classes,
-        test_x=x_test, test_y=y_test, input=prepared.input, class_counts=part.class_counts,
+        cfg=cfg, clients=clients, volumes=[int(c.x.shape[0]) for c in clients], loss_classifier=loss_clf,
+        scorer=scorer, img_size=res.size, in_chans=res.channels, num_classes=ds.num_classes,
+        test_x=x_test, test_y=y_test, input=res, channel=channel, mse_scale=mse_scale,
+        class_counts=part.class_counts, provenance=provenance,
     )
+
+
+def channel_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """Constructor arguments of the configured channel (fading ones take the equaliser,
+    Rician its K-factor)."""
+    import inspect
+
+    from psfl.channel import CHANNELS
+
+    params = inspect.signature(CHANNELS.get(cfg.channel.name)).parameters
+    kw = {"equalize": cfg.channel.equalizer, "k_factor": cfg.channel.rician_k}
+    return {k: v for k, v in kw.items() if k in params}

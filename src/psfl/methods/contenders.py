@@ -32,6 +32,7 @@ model. s = 16 levels (option ``s``); the global model is broadcast dense.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,10 +42,11 @@ from torch.func import functional_call
 
 from psfl.codecs import (decode_state, encode_state, qsgd_dequantize, qsgd_quantize, topk_ternarize,
                          ttq_quantize)
+from psfl.errors import PsflError
 from psfl.fl.agp import prunable_keys
 from psfl.fl.aggregate import fedavg
 from psfl.methods.base import METHODS, FederatedEnv, Upload, clone_state, make_generator
-from psfl.methods.single import SingleModelMethod
+from psfl.methods.single import SingleModelMethod, SingleModelOptions
 from psfl.methods.wire import encode_model, wire_keys
 
 
@@ -56,13 +58,48 @@ def _mean(states: list[dict[str, Tensor]], keys: list[str]) -> dict[str, Tensor]
     return fedavg([{k: s[k] for k in keys} for s in states], [1.0] * len(states))
 
 
+def _require(ok: bool, where: str, msg: str) -> None:
+    if not ok:
+        raise PsflError(f"config field {where}: {msg}")
+
+
+@dataclass
+class STCOptions(SingleModelOptions):
+    p: float = 0.01  # share of entries kept per tensor, both directions
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        _require(0 < self.p <= 1, f"{where}.p", "must be in (0, 1]")
+
+
+@dataclass
+class FTTQOptions(SingleModelOptions):
+    t: float = 0.05  # threshold factor T_k: Delta = t * max|w|
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        _require(0 < self.t < 1, f"{where}.t", "must be in (0, 1)")
+
+
+@dataclass
+class FedPAQOptions(SingleModelOptions):
+    s: int = 16  # QSGD levels
+    participation: float = 0.5  # share of clients drawn per round
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        _require(self.s >= 1, f"{where}.s", "must be >= 1")
+        _require(0 < self.participation <= 1, f"{where}.participation", "must be in (0, 1]")
+
+
 @METHODS.register("stc")
 class STC(SingleModelMethod):
     name = "stc"
+    Options = STCOptions
 
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, env: FederatedEnv, options: STCOptions | None = None) -> None:
         super().__init__(env, options)
-        self.p = float(self.options.get("p", 0.01))
+        self.p = self.options.p
         self.keys = wire_keys(self.template)
         self.server_residual: dict[str, Tensor] | None = None
         self.last_down: dict[str, Tensor] | None = None  # compressed update of this round
@@ -153,10 +190,11 @@ class _TernaryWeights(nn.Module):
 @METHODS.register("fttq")
 class FTTQ(SingleModelMethod):
     name = "fttq"
+    Options = FTTQOptions
 
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, env: FederatedEnv, options: FTTQOptions | None = None) -> None:
         super().__init__(env, options)
-        self.t = float(self.options.get("t", 0.05))
+        self.t = self.options.t
         self.tern_keys = [k for k in prunable_keys(self.template) if k in dict(self.net.named_parameters())]
         self.keys = wire_keys(self.template)
         self._wrapped: _TernaryWeights | None = None
@@ -184,11 +222,12 @@ class FTTQ(SingleModelMethod):
 @METHODS.register("fedpaq")
 class FedPAQ(SingleModelMethod):
     name = "fedpaq"
+    Options = FedPAQOptions
 
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, env: FederatedEnv, options: FedPAQOptions | None = None) -> None:
         super().__init__(env, options)
-        self.s = int(self.options.get("s", 16))
-        self.frac = float(self.options.get("participation", 0.5))
+        self.s = self.options.s
+        self.frac = self.options.participation
         self.keys = wire_keys(self.template)
 
     def participants(self, rnd: int, num_clients: int) -> list[int]:

@@ -7,11 +7,12 @@ the sparse student; the server decodes the uploads from their bytes and aggregat
 them weighted by N_k (Eq. 10). Mentors (and their optimiser state and semantic bridge)
 never leave the client.
 
-Options (``method_options.<name>``): ``distill`` (default true), ``agp`` (default from
-config), ``mentor_rule`` (default from config).
+Options (``method_options.psfl``): ``distill`` (default true). The ablations fix the
+mentor rule (``psfl-no-pld``: every mentor GSC-M) or switch AGP off (``psfl-no-agp``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,10 @@ from psfl.fl.agp import apply_mask, mask_parameters_, prunable_keys, pruned_shar
 from psfl.fl.aggregate import fedavg
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
+from psfl.errors import PsflError
 from psfl.methods.base import (
-    METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, clipped_step, clone_state, local_batches,
-    make_generator, make_optimizer,
+    METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_finite, check_state_finite,
+    clipped_step, clone_state, local_batches, make_generator, make_optimizer,
 )
 from psfl.methods.wire import decode_masked, decode_model, encode_masked, encode_model
 
@@ -33,42 +35,54 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-class _Scored(nn.Module):
-    """model -> reconstruction -> evaluator logits, so the SC model can be scored by
-    :func:`psfl.evaluate.classifier_accuracy` (one accuracy loop in the code base)."""
+@dataclass
+class PSFLOptions(MethodOptions):
+    """``distill``: PLD's distillation and semantic terms (Eqs. 17-19); false trains
+    mentor and student on their task losses alone."""
 
-    def __init__(self, model: nn.Module, evaluator: nn.Module, snr_db: float, generator: torch.Generator):
-        super().__init__()
-        self.model, self.evaluator, self.snr_db, self.generator = model, evaluator, snr_db, generator
-        self.train(model.training)  # classifier_accuracy restores this mode afterwards
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.evaluator(self.model(x, self.snr_db, generator=self.generator).x_hat)
+    distill: bool = True
 
 
-def accuracy_at(model: nn.Module, evaluator: nn.Module, x: torch.Tensor, y: torch.Tensor, snr_db: float,
-                generator: torch.Generator, batch_size: int = 256) -> float:
-    """Evaluator accuracy on the model's reconstructions of ``x`` at ``snr_db``."""
-    from psfl.evaluate import classifier_accuracy
+def load_mentor_init(path: str, preset: str, template: dict[str, torch.Tensor], tier: str) -> dict[str, torch.Tensor]:
+    """Weights for a tier's mentor from a psfl model checkpoint; the checkpoint's preset
+    and every tensor shape must match the tier's mentor (:class:`PsflError` otherwise)."""
+    from psfl.models import load_model_checkpoint
 
-    return classifier_accuracy(_Scored(model, evaluator, snr_db, generator), x, y, batch_size)
+    model = load_model_checkpoint(path)
+    saved = getattr(model, "preset", {}).get("name", "?")
+    state = model.state_dict()
+    bad = [k for k in template if k not in state or state[k].shape != template[k].shape]
+    if saved != preset or bad or set(state) != set(template):
+        what = f"its tensors differ ({', '.join(bad[:3]) or 'key sets'})" if saved == preset else \
+            f"it holds preset {saved!r}"
+        raise PsflError(f"config field model.mentor_init.{tier}: {path} does not fit the {tier} mentor "
+                        f"{preset!r}: {what}")
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 @METHODS.register("psfl")
 class PSFL(FederatedMethod):
     name = "psfl"
+    Options = PSFLOptions
+    mentor_rule: str | None = None  # an ablation's fixed rule (None: model.mentor_rule)
+    use_agp: bool = True  # False: the no-AGP ablation (agp.enabled is then ignored)
 
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, env: FederatedEnv, options: PSFLOptions | None = None) -> None:
         super().__init__(env, options)
         cfg = self.cfg
-        self.distill = bool(self.options.get("distill", cfg.train.pld))
-        self.agp = bool(self.options.get("agp", cfg.agp.enabled))
-        rule = str(self.options.get("mentor_rule", cfg.model.mentor_rule))
-        self.tiers = assign_mentors(env.volumes, rule, cfg.model.mentors)
+        self.distill = self.options.distill
+        self.agp = self.use_agp and cfg.agp.enabled
+        rule = self.mentor_rule or cfg.model.mentor_rule
+        self.tiers = assign_mentors(env.volumes, rule, [] if self.mentor_rule else cfg.model.mentors)
         self.student_preset = env.preset(cfg.model.student or "CSC")
         self.student = env.model(self.student_preset)
         self.template = env.fresh_state(self.student_preset, 0xB0B)  # same init for every method
         self.mask_keys = prunable_keys(self.template, cfg.agp.prune_biases)
+        self.mentor_init: dict[str, dict[str, torch.Tensor]] = {}
+        for tier in sorted(set(self.tiers) & set(cfg.model.mentor_init)):
+            preset = env.preset(tier)
+            template = {k: v for k, v in env.model(preset).state_dict().items()}
+            self.mentor_init[tier] = load_mentor_init(cfg.model.mentor_init[tier], preset, template, tier)
         self.bridges: dict[str, SemanticBridge] = {}
         self.global_state: dict[str, torch.Tensor] = {}
         self.mask: dict[str, torch.Tensor] | None = None
@@ -116,11 +130,10 @@ class PSFL(FederatedMethod):
 
     def init_client(self, cid: int) -> dict[str, Any]:
         tier = self.tiers[cid]
-        state = self.env.fresh_state(self.env.preset(tier), 0x3E7, cid)  # own seeded init
-        if self.cfg.model.mentor_init:
-            from psfl.models import load_model_checkpoint
-
-            state = load_model_checkpoint(self.cfg.model.mentor_init).state_dict()
+        if tier in self.mentor_init:  # pre-trained (psfl pretrain) weights for this tier
+            state = self.mentor_init[tier]
+        else:
+            state = self.env.fresh_state(self.env.preset(tier), 0x3E7, cid)  # own seeded init
         return {"tier": tier, "mentor": clone_state(state),
                 "bridge": clone_state(self._bridge(tier).state_dict()), "opt": None}
 
@@ -146,7 +159,10 @@ class PSFL(FederatedMethod):
         for x, y in local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator):
             out_m = mentor(x, snr_db, generator=generator)
             out_s = student(x, snr_db, generator=generator)
-            L = pld_losses(out_m, out_s, x, y, env.evaluator, bridge, t.temperature, t.eps, self.distill)
+            L = pld_losses(out_m, out_s, x, y, env.loss_classifier, bridge, t.temperature, t.eps, self.distill,
+                           env.mse_scale)
+            check_finite(float(L.mentor["total"].detach()), rnd, cid, "mentor loss")
+            check_finite(float(L.student["total"].detach()), rnd, cid, "student loss")
             opt_m.zero_grad(set_to_none=True)
             opt_s.zero_grad(set_to_none=True)
             L.joint.backward()
@@ -156,14 +172,15 @@ class PSFL(FederatedMethod):
             for who, terms in (("mentor", L.mentor), ("student", L.student)):
                 for k, v in terms.items():
                     logs.setdefault(f"{who}_{k}", []).append(float(v.detach()))
+        check_state_finite(mentor.state_dict(), rnd, cid, "mentor weight")
+        check_state_finite(student.state_dict(), rnd, cid, "student weight")
         state["mentor"] = clone_state(mentor.state_dict())
         state["bridge"] = clone_state(bridge.state_dict())
         state["opt"] = clone_state(opt_m.state_dict())
         upload = encode_model(student.state_dict(), sparse=set(self.mask_keys))
-        g_eval = make_generator(cfg.seed, 0xE7A, rnd, cid)
         metrics = {k: _mean(v) for k, v in logs.items()}
-        metrics["mentor_acc"] = accuracy_at(mentor, env.evaluator, data.x_test, data.y_test, snr_db, g_eval)
-        metrics["student_acc"] = accuracy_at(student, env.evaluator, data.x_test, data.y_test, snr_db, g_eval)
+        metrics["mentor_acc"] = env.local_accuracy(mentor, cid, rnd, snr_db)
+        metrics["student_acc"] = env.local_accuracy(student, cid, rnd, snr_db)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services
         return ClientResult(upload, metrics)
 
@@ -173,9 +190,7 @@ class PSFLNoPLD(PSFL):
     """Ablation (Sec. V-B, Figs. 9-10): every MU takes GSC-M as mentor (no personalisation)."""
 
     name = "psfl-no-pld"
-
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
-        super().__init__(env, {"mentor_rule": "uniform-M", **(options or {})})
+    mentor_rule = "uniform-M"
 
 
 @METHODS.register("psfl-no-agp")
@@ -183,6 +198,4 @@ class PSFLNoAGP(PSFL):
     """Ablation: PSFL without pruning (zeta = 0 every round; dense uploads)."""
 
     name = "psfl-no-agp"
-
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
-        super().__init__(env, {"agp": False, **(options or {})})
+    use_agp = False

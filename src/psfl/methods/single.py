@@ -11,28 +11,48 @@ The contenders of Sec. V-C train GSC-M (``model = "M"``); ``fedavg-csc`` trains 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from psfl.errors import PsflError
 from psfl.fl.aggregate import fedavg
-from psfl.fl.pld import task_terms
 from psfl.methods.base import (
-    METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, clipped_step, clone_state, local_batches,
-    make_generator, make_optimizer,
+    METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_finite, check_state_finite,
+    clipped_step, clone_state, local_batches, make_optimizer,
 )
-from psfl.methods.psfl import accuracy_at
 from psfl.methods.wire import decode_model, encode_model
 
 
-class SingleModelMethod(FederatedMethod):
-    default_model = "M"
+@dataclass
+class SingleModelOptions(MethodOptions):
+    """``model``: the architecture every client trains, a tier (``M``, ``L``, ``H``,
+    ``CSC`` of the run's preset family) or a full preset name."""
 
-    def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
+    model: str = "M"
+
+    def check(self, where: str) -> None:
+        from psfl.models import MODELS
+
+        if self.model not in ("M", "L", "H", "CSC") and self.model not in MODELS:
+            raise PsflError(f"config field {where}.model: {self.model!r} is neither a tier (M, L, H, CSC) "
+                            f"nor a model preset")
+
+
+@dataclass
+class CSCOptions(SingleModelOptions):
+    model: str = "CSC"
+
+
+class SingleModelMethod(FederatedMethod):
+    Options = SingleModelOptions
+
+    def __init__(self, env: FederatedEnv, options: SingleModelOptions | None = None) -> None:
         super().__init__(env, options)
-        self.preset = env.preset(str(self.options.get("model", self.default_model)))
+        self.preset = env.preset(self.options.model)
         self.net = env.model(self.preset)
         self.template = env.fresh_state(self.preset, 0xB0B)  # same init for every method
         self.global_state: dict[str, Tensor] = {}
@@ -96,17 +116,18 @@ class SingleModelMethod(FederatedMethod):
         logs: dict[str, list[float]] = {}
         for x, y in local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator):
             out = model(x, snr_db, generator=generator)
-            terms, _ = task_terms(out, x, y, env.evaluator)
+            terms, _ = env.task_terms(out, x, y)
+            check_finite(float(terms["task"].detach()), rnd, cid, "local loss")
             opt.zero_grad(set_to_none=True)
             terms["task"].backward()
             clipped_step(opt, t.grad_clip)
             for k, v in terms.items():
                 logs.setdefault(k, []).append(float(v.detach()))
         local = self.local_state(model)
+        check_state_finite(local, rnd, cid, "local weight")
         upload = self.encode_up(cid, state, local, start, generator)
         metrics = {f"local_{k}": float(np.mean(v)) for k, v in logs.items()}
-        metrics["local_acc"] = accuracy_at(model, env.evaluator, data.x_test, data.y_test, snr_db,
-                                           make_generator(self.cfg.seed, 0xE7A, rnd, cid))
+        metrics["local_acc"] = env.local_accuracy(model, cid, rnd, snr_db)
         return ClientResult(upload, metrics)
 
     def local_state(self, model: nn.Module) -> dict[str, Tensor]:
@@ -126,4 +147,4 @@ class FedAvgCSC(SingleModelMethod):
     """Ablation: FedAvg on the CSC student alone (no mentor, no pruning)."""
 
     name = "fedavg-csc"
-    default_model = "CSC"
+    Options = CSCOptions

@@ -8,6 +8,7 @@ at any point resumes from the last complete round and ends with identical metric
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,15 +19,16 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from psfl.config import RunConfig, dump_config, load_config
+from psfl.config import RunConfig, diff_configs, dump_config, load_config
 from psfl.errors import PsflError
 from psfl.fl.energy import link_cost, round_snrs
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env
-from psfl.methods.base import make_generator
+from psfl.methods.base import check_finite, check_state_finite, make_generator
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
+PROVENANCE = "provenance.json"
 
 
 @dataclass
@@ -58,40 +60,70 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def evaluate_global(method: FederatedMethod, env: FederatedEnv, rnd: int) -> dict[str, float]:
-    """The global model's evaluator accuracy, loss (CE + MSE), PSNR and SSIM on the
-    global test subset at ``channel.eval_snr_db``."""
+    """The global model on the global test subset at ``channel.eval_snr_db``: scorer
+    accuracy (``accuracy``, the headline), the loss classifier's accuracy
+    (``loss_clf_accuracy``), loss (CE + weighted MSE, as trained), PSNR and SSIM."""
     from psfl.evaluate import evaluate_reconstruction
 
     model = method.global_model()
     g = make_generator(env.cfg.seed, 0x6E7, rnd)
-    return evaluate_reconstruction(model, env.evaluator, env.test_x, env.test_y,
-                                   snr_db=env.cfg.channel.eval_snr_db, generator=g, input=env.input)
+    return evaluate_reconstruction(model, env.scorer, env.test_x, env.test_y, snr_db=env.cfg.channel.eval_snr_db,
+                                   generator=g, input=env.input, loss_classifier=env.loss_classifier,
+                                   mse_scale=env.mse_scale)
+
+
+def _json_safe(x: Any) -> Any:
+    """Non-finite floats -> None: metrics never record NaN or inf as a number."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(_json_safe(record), allow_nan=False)
 
 
 def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                   env: FederatedEnv | None = None,
                   on_round: Callable[[dict[str, Any]], None] | None = None,
-                  stop_after: int | None = None) -> RunResult:
-    """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method`` into ``run_dir``."""
+                  stop_after: int | None = None, command: list[str] | None = None) -> RunResult:
+    """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method`` into ``run_dir``.
+
+    A fresh run writes ``config.toml`` and ``provenance.json`` (code, machine, data and
+    partition fingerprints, evaluators, baselines); a resumed one checks the data and
+    partition fingerprints against it and may extend ``rounds``. A non-finite loss,
+    weight or global model raises :class:`psfl.errors.DivergenceError` after every
+    completed round has been kept."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = env or build_env(cfg, progress=progress)
-    method = METHODS.get(cfg.method)(env, cfg.method_options.get(cfg.method, {}))
+    method = METHODS.get(cfg.method)(env, cfg.options_for(cfg.method))
     K = cfg.data.num_clients
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
+    prov = run_provenance(cfg, env, command)
     if resume and ckpt_path.exists():
+        check_same_data(run_dir, prov)
         ckpt = torch.load(ckpt_path, weights_only=False)
         method.load_server_state(ckpt["server"])
         client_states = ckpt["clients"]
         start = int(ckpt["round"])
         records = [r for r in read_records(metrics_path) if r["round"] < start]
+        old = json.loads((run_dir / PROVENANCE).read_text())
+        old.setdefault("resumes", []).append({"at_round": start, "rounds": cfg.rounds, **prov["runtime"]})
+        _write_json(run_dir / PROVENANCE, old)
     else:
         method.init_server()
         client_states = [method.init_client(cid) for cid in range(K)]
         start, records = 0, []
-        (run_dir / CONFIG).write_text(dump_config(cfg))
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        _write_json(run_dir / PROVENANCE, prov)
+    (run_dir / CONFIG).write_text(dump_config(cfg))
+    metrics_path.write_text("".join(_dumps(r) + "\n" for r in records))
 
     e = cfg.energy
     rounds = tqdm(range(start, cfg.rounds), desc=f"{cfg.method} rounds", initial=start,
@@ -115,6 +147,7 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
                             "energy_j": cost.energy_j, **res.metrics})
         ta = time.perf_counter()
         server_metrics.update(method.aggregate(rnd, uploads))
+        check_state_finite(method.global_model().state_dict(), rnd, None, "global model weight")
         glob = evaluate_global(method, env, rnd)
         compute_s += time.perf_counter() - ta
         accs = [c["mentor_acc"] for c in clients if "mentor_acc" in c]
@@ -129,9 +162,10 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
             "global": glob, "clients": clients,
             "time_s": time.perf_counter() - t0, "compute_s": compute_s,  # time_s - compute_s: runner overhead
         }
+        check_finite(glob["loss"], rnd, None, "global test loss")
         records.append(record)
         with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(_dumps(record) + "\n")
         _atomic_save({"round": rnd + 1, "server": method.server_state(), "clients": client_states}, ckpt_path)
         rounds.set_postfix(acc=f"{glob['accuracy']:.3f}", psfl=f"{record['mean_local_acc']:.3f}")
         if on_round:
@@ -141,8 +175,82 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
     return RunResult(run_dir, records)
 
 
-def resume_config(run_dir: Path) -> RunConfig:
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    """The source tree's git commit (``+dirty`` when it has uncommitted changes), or None
+    when psfl does not run from a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None = None) -> dict[str, Any]:
+    """How a run was made: code, machine, command, data and partition fingerprints, the
+    two evaluators (weight hashes, clean accuracy, training settings) and the trivial
+    reconstruction baselines of its global test subset."""
+    import platform
+    import sys
+
+    from psfl import __version__
+
+    device = next(iter(env.scorer.parameters())).device
+    runtime = {
+        "psfl_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
+        "device": str(device), "threads": torch.get_num_threads(),
+        "command": list(command) if command is not None else list(sys.argv),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    return {"runtime": runtime, **env.provenance}
+
+
+def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
+    """``--resume`` guard: the data and partition fingerprints must match the stored ones."""
+    path = run_dir / PROVENANCE
+    if not path.is_file():
+        raise PsflError(f"{run_dir}: no {PROVENANCE}; cannot verify the data of this run")
+    old = json.loads(path.read_text())
+    for key, what in (("data", "dataset arrays"), ("partition", "client partition")):
+        a, b = old[key]["fingerprint"], prov[key]["fingerprint"]
+        if a != b:
+            raise PsflError(f"--resume {run_dir}: the {what} differ from the run's (fingerprint {b[:12]} now, "
+                            f"{a[:12]} when it started); resume with the same data")
+
+
+RESUMABLE = ("rounds",)  # the only fields --resume may change (extend a run)
+
+
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    """The stored config of ``run_dir`` with ``overrides`` applied. Only ``rounds`` may
+    change (to extend a finished or interrupted run, never below the rounds done);
+    any other changed field raises naming it."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise PsflError(f"{run_dir} is not a run directory (no {CONFIG})")
-    return load_config(path)
+    stored = load_config(path)
+    if not overrides:
+        return stored
+    cfg = load_config(path, overrides)
+    changed = [f for f in diff_configs(stored, cfg) if f not in RESUMABLE]
+    if changed:
+        raise PsflError(f"--resume {run_dir}: cannot change {', '.join(changed)} of an existing run "
+                        f"(only {', '.join(RESUMABLE)}); start a new run instead")
+    done = len(read_records(Path(run_dir) / METRICS))
+    if cfg.rounds < done:
+        raise PsflError(f"--resume {run_dir}: rounds={cfg.rounds} is below the {done} rounds already done")
+    return cfg

@@ -1,0 +1,63 @@
+"""Trivial reconstruction baselines: what PSNR/SSIM a model scores without transmitting
+anything image-specific. Every reconstruction number psfl reports is shown beside them.
+
+- ``constant``: every pixel set to the training set's mean pixel value (the best
+  constant in MSE);
+- ``dataset_mean``: the per-pixel mean image of the training set;
+- ``class_mean``: the per-pixel mean training image of the true class (an oracle that
+  knows the label: a model that only conveys the class can reach it, no more).
+
+Statistics come from the training split; the scores are on the test images given.
+Pixels are in [0, 1] (de-normalised), exactly as :func:`psfl.evaluate.evaluate_reconstruction`
+scores models.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from psfl.evaluate.metrics import to_unit_range
+
+BASELINES = ("constant", "dataset_mean", "class_mean")
+
+
+def _scores(pred: Tensor, target: Tensor) -> dict[str, float]:
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+    from psfl.evaluate.metrics import _ssim_kernel
+
+    k, sigma = _ssim_kernel(min(target.shape[-2:]))
+    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k, sigma=sigma)
+    for i in range(0, target.shape[0], 512):
+        psnr.update(pred[i:i + 512], target[i:i + 512])
+        ssim.update(pred[i:i + 512], target[i:i + 512])
+    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute())}
+
+
+@torch.no_grad()
+def trivial_baselines(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
+                      input: Any = None) -> dict[str, dict[str, float]]:
+    """PSNR (dB) and SSIM of the three trivial reconstructions of ``x_test`` (model-space
+    tensors ``(N, C, H, W)``; ``input`` de-normalises them, None = already [0, 1])."""
+    train = to_unit_range(x_train.float(), input)  # (N, C, H, W)
+    test = to_unit_range(x_test.float(), input)  # (M, C, H, W)
+    mean_img = train.mean(0)  # (C, H, W)
+    class_sum = torch.zeros((num_classes, *train.shape[1:]), dtype=torch.float64)
+    class_sum.index_add_(0, y_train, train.double())
+    counts = torch.bincount(y_train, minlength=num_classes).clamp_min(1).double().view(-1, 1, 1, 1)
+    class_mean = (class_sum / counts).float()  # (K, C, H, W)
+    preds = {
+        "constant": torch.full_like(test, float(train.mean())),
+        "dataset_mean": mean_img.expand_as(test),
+        "class_mean": class_mean[y_test],
+    }
+    return {name: _scores(preds[name].contiguous(), test) for name in BASELINES}
+
+
+def pixel_variance(x_train: Tensor, input: Any = None) -> float:
+    """Variance of the training set's [0, 1] pixels (all channels pooled): the scale of
+    ``train.mse_space = "standardized"``."""
+    return float(to_unit_range(x_train.float(), input).double().var())
