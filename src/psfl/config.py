@@ -210,6 +210,15 @@ class RunConfig:
             if value not in registry:
                 raise PsflError(f"config field {field_name}: unknown {registry.kind} {value!r}; "
                                 f"known: {', '.join(registry.names())}")
+        import inspect
+
+        params = inspect.signature(CHANNELS.get(self.channel.name)).parameters
+        default = ChannelConfig()
+        for field_name, param in (("equalizer", "equalize"), ("rician_k", "k_factor")):
+            if param not in params and getattr(self.channel, field_name) != getattr(default, field_name):
+                takes = [n for n in CHANNELS.names() if param in inspect.signature(CHANNELS.get(n)).parameters]
+                raise PsflError(f"config field channel.{field_name}: channel {self.channel.name!r} has no "
+                                f"{field_name} (only {', '.join(takes)})")
 
     def _check_mentors(self) -> None:
         from psfl.fl.mentors import TIERS
@@ -377,14 +386,12 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
-        if keys[0] == "method_options":
-            if len(keys) < 3:
-                raise PsflError(f"--set {item!r}: use method_options.<method>.<option>=value")
-            table = cfg.method_options.setdefault(keys[1], {})
-            node = table
-            for k in keys[2:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
+        if keys[0] == "method_options":  # merged option by option: tables accumulate
+            for method, table in nested["method_options"].items() if isinstance(nested["method_options"], dict) \
+                    else [(None, None)]:
+                if not isinstance(table, dict):
+                    raise PsflError(f"--set {item!r}: use method_options.<method>.<option>=value")
+                cfg.method_options.setdefault(method, {}).update(table)
             continue
         _apply(cfg, nested)
     return cfg

@@ -41,6 +41,21 @@ def task_loss(out: SCOutput, x: Tensor, y: Tensor, evaluator: nn.Module, mse_sca
     return task_loss_terms(evaluator(out.x_hat), out.x_hat, x, y, mse_scale)
 
 
+def mse_scale_for(prepared: Any, weight: float = 1.0, space: str = "standardized") -> float:
+    """Factor on the model-space MSE(m, m_hat) of Eqs. 15/16 (``train.mse_weight``,
+    ``train.mse_space``). ``unit``: MSE of [0, 1] pixels times ``weight``;
+    ``standardized``: that MSE divided by the training set's pixel variance (the MSE of
+    z-scored images: 1.0 means "as bad as predicting the mean pixel")."""
+    from psfl.evaluate.baselines import pixel_variance
+
+    if space not in ("standardized", "unit"):
+        raise PsflError(f"mse space must be 'standardized' or 'unit', got {space!r}")
+    res = prepared.input
+    std2 = sum(s * s for s in res.std) / len(res.std)  # model-space MSE -> [0, 1]-pixel MSE
+    var = pixel_variance(prepared.x_train, res) if space == "standardized" else 1.0
+    return float(weight * std2 / var)
+
+
 def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
                generator: torch.Generator) -> float | Tensor:
     """A fixed training SNR, or for ``(lo, hi)`` one SNR per sample ~ U[lo, hi] dB."""
@@ -51,10 +66,11 @@ def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
 
 
 def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr_db: float | Tensor,
-               optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None) -> dict[str, float]:
+               optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None,
+               mse_scale: float = 1.0) -> dict[str, float]:
     """One optimiser step on the task loss; returns the loss terms as floats."""
     out = model(x, snr_db, generator=generator)
-    terms = task_loss(out, x, y, evaluator)
+    terms = task_loss(out, x, y, evaluator, mse_scale)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     optimizer.step()
@@ -64,7 +80,7 @@ def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr
 def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, batch_size: int = 64,
         lr: float = 1e-3, optimizer: str = "adamw", train_snr_db: float | tuple[float, float] = 10.0,
         channel: Channel | None = None, seed: int = 0, weight_decay: float = 0.0, momentum: float = 0.9,
-        max_samples: int | None = None, progress: bool = True) -> list[dict[str, float]]:
+        max_samples: int | None = None, progress: bool = True, mse_scale: float = 1.0) -> list[dict[str, float]]:
     """Train ``model`` centrally on ``prepared.x_train`` (a ``psfl.data.PreparedData``).
 
     ``optimizer``: a name in ``psfl.methods.base.OPTIMIZERS`` (sgd / adam / adamw).
@@ -92,7 +108,8 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
             sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
             seen, t0 = 0, time.perf_counter()
             for xb, yb in iterate_batches(x, y, batch_size, g, shuffle=True):
-                terms = train_step(model, evaluator, xb, yb, sample_snr(train_snr_db, xb.shape[0], g), opt, g)
+                terms = train_step(model, evaluator, xb, yb, sample_snr(train_snr_db, xb.shape[0], g), opt, g,
+                                   mse_scale)
                 for k in sums:
                     sums[k] += terms[k] * xb.shape[0]
                 seen += xb.shape[0]
@@ -126,20 +143,27 @@ class CentralConfig:
     eval_samples: int = 0  # test images scored per SNR (0 = the whole test set)
     max_samples: int | None = None  # train on a seeded subset of this many images
     seed: int = 0
-    evaluator_arch: str = "cnn"
+    evaluator_arch: str = "cnn"  # the loss classifier (inside the task loss)
     evaluator_epochs: int = 3
+    evaluator_seed: int = 0
     evaluator_checkpoint: str | None = None
     evaluator_cache_dir: str | None = None
+    score_arch: str = "lenet"  # the independent scorer: the reported accuracy
+    score_epochs: int = 3
+    score_seed: int = 1
+    mse_weight: float = 1.0  # see RunConfig.train.mse_weight / mse_space
+    mse_space: str = "standardized"
 
 
 @dataclass
 class CentralResult:
     history: list[dict[str, float]]  # per epoch
-    table: list[dict[str, float]]  # per test SNR: snr_db, accuracy, psnr, ssim, mse, ce, loss
-    clean_accuracy: float  # evaluator on the clean test images (upper bound)
+    table: list[dict[str, float]]  # per test SNR: snr_db, accuracy, loss_clf_accuracy, psnr, ssim, mse, ce, loss
+    clean_accuracy: float  # scorer on the clean test images (upper bound)
     samples_per_s: float  # training throughput over all epochs
     checkpoint: Path
     params: int
+    baselines: dict[str, dict[str, float]]  # trivial reconstructions' PSNR/SSIM on the same test images
 
 
 def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -172,26 +196,35 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     res = prepared.input
     evaluator = load_evaluator(cfg.dataset, cfg.source, cfg.data_dir, res.name, cfg.evaluator_arch,
                                cfg.evaluator_epochs, checkpoint=cfg.evaluator_checkpoint,
-                               cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.seed)
+                               cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.evaluator_seed,
+                               dataset_obj=ds)
+    scorer = load_evaluator(cfg.dataset, cfg.source, cfg.data_dir, res.name, cfg.score_arch, cfg.score_epochs,
+                            cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.score_seed,
+                            dataset_obj=ds)
+    mse_scale = mse_scale_for(prepared, cfg.mse_weight, cfg.mse_space)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, img_size=res.size, in_chans=res.channels, channel=cfg.channel)
     history = fit(model, evaluator, prepared, cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer,
                   cfg.train_snr_db, seed=cfg.seed, weight_decay=cfg.weight_decay,
-                  max_samples=cfg.max_samples, progress=progress)
+                  max_samples=cfg.max_samples, progress=progress, mse_scale=mse_scale)
     seconds = sum(h["seconds"] for h in history)
     seen = sum(h["samples_per_s"] * h["seconds"] for h in history)
     x_test, y_test = _test_subset(prepared, cfg.eval_samples, cfg.seed)
     table = []
     for snr in cfg.test_snr_db:
         g = torch.Generator().manual_seed(cfg.seed + 7919)  # same noise draws for every SNR
-        m = evaluate_reconstruction(model, evaluator, x_test, y_test, float(snr), generator=g, input=res)
+        m = evaluate_reconstruction(model, scorer, x_test, y_test, float(snr), generator=g, input=res,
+                                    loss_classifier=evaluator, mse_scale=mse_scale)
         table.append({"snr_db": float(snr), **m})
-    clean = classifier_accuracy(evaluator, x_test, y_test)
+    clean = classifier_accuracy(scorer, x_test, y_test)
+    from psfl.evaluate.baselines import trivial_baselines
+
+    baselines = trivial_baselines(prepared.x_train, prepared.y_train, x_test, y_test, ds.num_classes, res)
     config = {**asdict(cfg), "input_preset": res.name, "dataset_fingerprint": ds.fingerprint(),
-              "dataset_source": ds.source}
+              "dataset_source": ds.source, "mse_scale": mse_scale}
     ckpt = save_model_checkpoint(model, out / "model.pt", config=config)
-    result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model))
+    result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model), baselines)
     _write_outputs(result, config, out)
     return result
 
@@ -203,15 +236,19 @@ def _write_outputs(r: CentralResult, config: dict[str, Any], out: Path) -> None:
     (out / "eval.csv").write_text("\n".join(lines) + "\n")
     summary = {"config": config, "params": r.params, "train_samples_per_s": r.samples_per_s,
                "clean_accuracy": r.clean_accuracy, "table": r.table, "history": r.history,
+               "baselines": r.baselines,
                "checkpoint": str(r.checkpoint)}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def format_central_table(r: CentralResult) -> str:
     """The test-SNR table printed by `psfl train`."""
-    rows = [f"{'SNR (dB)':>8}  {'accuracy':>8}  {'PSNR (dB)':>9}  {'SSIM':>6}  {'MSE':>8}"]
+    rows = [f"{'SNR (dB)':>8}  {'accuracy':>8}  {'loss-clf acc':>12}  {'PSNR (dB)':>9}  {'SSIM':>6}  {'MSE':>8}"]
     for t in r.table:
-        rows.append(f"{t['snr_db']:>8.1f}  {t['accuracy']:>8.4f}  {t['psnr']:>9.2f}  {t['ssim']:>6.4f}  {t['mse']:>8.5f}")
-    rows.append(f"evaluator accuracy on clean test images: {r.clean_accuracy:.4f}")
+        rows.append(f"{t['snr_db']:>8.1f}  {t['accuracy']:>8.4f}  {t['loss_clf_accuracy']:>12.4f}  {t['psnr']:>9.2f}  "
+                    f"{t['ssim']:>6.4f}  {t['mse']:>8.5f}")
+    for name, b in r.baselines.items():
+        rows.append(f"baseline {name:>12}: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
+    rows.append(f"accuracy = independent scorer; scorer on clean test images: {r.clean_accuracy:.4f}")
     rows.append(f"training: {r.samples_per_s:.0f} samples/s, {r.params:,} parameters, checkpoint {r.checkpoint}")
     return "\n".join(rows)

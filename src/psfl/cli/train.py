@@ -44,6 +44,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluator-epochs", type=int, default=3, help="epochs if the evaluator must be trained")
     p.add_argument("--evaluator-checkpoint", help="user classifier checkpoint instead of the cached one")
     p.add_argument("--evaluator-cache-dir")
+    p.add_argument("--score-arch", default="lenet", help="independent scorer's arch (default lenet)")
+    p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE term (default 1)")
+    p.add_argument("--mse-space", default="standardized", choices=("standardized", "unit"),
+                   help="MSE of z-scored pixels (default) or of [0, 1] pixels")
     p.add_argument("--out", required=True, help="output folder (model.pt, eval.csv, history.json, result.json)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         eval_samples=args.eval_samples, max_samples=args.max_samples, seed=args.seed,
         evaluator_arch=args.evaluator_arch, evaluator_epochs=args.evaluator_epochs,
         evaluator_checkpoint=args.evaluator_checkpoint, evaluator_cache_dir=args.evaluator_cache_dir,
+        score_arch=args.score_arch, mse_weight=args.mse_weight, mse_space=args.mse_space,
     )
     print(format_central_table(run_central(cfg, args.out, progress=not args.no_progress)))
     return 0

@@ -296,6 +296,7 @@ def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
     from psfl.evaluate import load_evaluator
     from psfl.evaluate.baselines import pixel_variance, trivial_baselines
     from psfl.models import MODELS
+    from psfl.train import mse_scale_for
 
     d = cfg.data
     ds = D.load_dataset(d.dataset, source=d.source, data_dir=d.data_dir)
@@ -328,9 +329,8 @@ def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
     idx = torch.randperm(n_test, generator=make_generator(cfg.seed, 0x7E57))[:k].sort().values
     x_test, y_test = prepared.x_test[idx], prepared.y_test[idx]
     res = prepared.input
-    std2 = float(np.mean(np.square(res.std)))  # model-space MSE -> [0, 1]-pixel MSE
+    mse_scale = mse_scale_for(prepared, cfg.train.mse_weight, cfg.train.mse_space)
     var = pixel_variance(prepared.x_train, res)
-    mse_scale = cfg.train.mse_weight * std2 / (var if cfg.train.mse_space == "standardized" else 1.0)
     channel = create_channel(cfg.channel.name, **channel_kwargs(cfg))
 
     def clf_record(clf: Any, which: str) -> dict[str, Any]:

@@ -1,0 +1,340 @@
+"""Issue 7: every setting honoured or rejected, data provenance, self-describing runs,
+resume that extends, divergence that stops, scores that never touch training images."""
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from psfl.cli import main
+from psfl.config import RunConfig, load_config
+from psfl.errors import DivergenceError, PsflError
+from psfl.runners.inprocess import read_records, resume_config, run_federated
+
+from test_runner import strip_timing, tiny_overrides
+
+VOLATILE = ("started", "command", "git_commit")  # provenance entries that differ between identical runs
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("psfl-cache")
+
+
+def _fmnist_dir(tmp: Path) -> Path:
+    from psfl.data.datasets import DATASETS, bundled_path
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(bundled_path(DATASETS.get("fashion_mnist")), tmp / "fashion_mnist.npz")
+    return tmp
+
+
+def _digest(run_dir: Path) -> str:
+    """What a run did: its metrics (timing aside) and its provenance (timestamps aside)."""
+    recs = strip_timing(read_records(run_dir / "metrics.jsonl"))
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    prov["runtime"] = {k: v for k, v in prov["runtime"].items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps([recs, prov], sort_keys=True).encode()).hexdigest()
+
+
+# A non-default value per config field (every field must be listed: a new field without
+# an entry fails the test). None = the field is exercised by another entry.
+def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
+    from psfl.models import create_model, save_model_checkpoint
+
+    data = _fmnist_dir(tmp / "data")
+    ckpt = tmp / "tiny-M.pt"
+    save_model_checkpoint(create_model("tiny-M", img_size=28, in_chans=1), ckpt)
+    clf = tmp / "clf.pt"
+    from psfl.evaluate import create_classifier
+
+    torch.manual_seed(5)
+    torch.save({"arch": "cnn", "state_dict": create_classifier("cnn", 1, 10, 28).state_dict(), "num_classes": 10,
+                "in_chans": 1, "img_size": 28}, clf)
+    return {
+        "method": '"fedavg"', "seed": "1", "rounds": "2", "threads": "2",
+        "data.dataset": '"mnist"', "data.source": '"npz"', "data.data_dir": f'"{data}"', "data.num_clients": "4",
+        "data.scheme": '"iid"', "data.alpha": "0.3", "data.sizes": '"none"', "data.local_test_fraction": "0.4",
+        "data.min_client_size": "5000", "data.eval_samples": "32", "data.local_eval_samples": "16",
+        "model.family": '"cpu"', "model.student": '"cpu-CSC"', "model.mentor_rule": '"uniform-M"',
+        "model.mentors": '["L", "M", "M"]', "model.mentor_init": f'{{M = "{ckpt}"}}',
+        "train.local_steps": "2", "train.local_epochs": "1", "train.batch_size": "8", "train.optimizer": '"adam"',
+        "train.lr": "0.03", "train.student_lr": "0.01", "train.momentum": "0.5", "train.weight_decay": "0.01",
+        "train.grad_clip": "0.1", "train.temperature": "3.0", "train.eps": "0.5", "train.mse_weight": "4.0",
+        "train.mse_space": '"unit"',
+        "channel.name": '"rayleigh"', "channel.equalizer": '"zf"', "channel.rician_k": "1.0",
+        "channel.snr_trace": '"fixed"', "channel.snr_min_db": "5.0", "channel.snr_max_db": "15.0",
+        "channel.eval_snr_db": "0.0",
+        "agp.enabled": "false", "agp.psi_min_db": "-5.0", "agp.psi_max_db": "30.0", "agp.zeta_min": "0.5",
+        "agp.zeta_max": "0.6", "agp.prune_biases": "true",
+        "energy.bandwidth_hz": "2e6", "energy.power_w": "0.2",
+        "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "3", "evaluator.checkpoint": f'"{clf}"',
+        "evaluator.score_arch": '"cnn"', "evaluator.score_epochs": "2", "evaluator.score_seed": "4",
+        "evaluator.score_checkpoint": f'"{clf}"', "evaluator.cache_dir": f'"{tmp / "other-cache"}"',
+        "method_options": "{psfl = {distill = false}}",
+    }
+
+
+def _all_fields(cls=RunConfig, prefix=""):
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
+            sub = type(getattr(RunConfig(), f.name))
+            yield from _all_fields(sub, f"{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def test_every_config_field_is_honoured_or_rejected(tmp_path, cache):
+    """A non-default value of each field either changes the run (metrics or recorded
+    provenance) or is rejected with exit 2; no field is silently inert."""
+    values = _sweep_values(tmp_path, cache)
+    fields = list(_all_fields())
+    missing = [f for f in fields if f not in values]
+    assert not missing, f"add a sweep value for {missing}"
+    base = tiny_overrides(cache, rounds=1)
+    over = {o.split("=", 1)[0]: o for o in base}
+
+    def run(extra: list[str], name: str) -> tuple[int, str]:
+        out = tmp_path / "runs" / name
+        args = ["run", "--no-progress", "--out", str(out)]
+        for o in {**over, **{e.split("=", 1)[0]: e for e in extra}}.values():
+            args += ["--set", o]
+        rc = main(args)
+        return rc, (_digest(out) if rc == 0 else "")
+
+    rc, ref = run([], "base")
+    assert rc == 0
+    inert = []
+    for i, field in enumerate(fields):
+        rc, dig = run([f"{field}={values[field]}"], f"f{i}")
+        assert rc in (0, 2), (field, rc)
+        if rc == 0 and dig == ref:
+            inert.append(field)
+    assert not inert, f"fields accepted but without any effect: {inert}"
+
+
+def test_resume_extends_rounds_and_refuses_other_changes(tmp_path, cache, capsys):
+    over = tiny_overrides(cache, rounds=2)
+    full = run_federated(load_config(None, tiny_overrides(cache, rounds=3)), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    run_federated(load_config(None, over), part, progress=False)
+    assert main(["run", "--resume", str(part), "--no-progress", "--set", "rounds=3"]) == 0
+    assert strip_timing(read_records(part / "metrics.jsonl")) == strip_timing(full.records)
+    assert "rounds = 3" in (part / "config.toml").read_text()
+    prov = json.loads((part / "provenance.json").read_text())
+    assert prov["resumes"][0]["at_round"] == 2
+    capsys.readouterr()
+    assert main(["run", "--resume", str(part), "--no-progress", "--set", "train.lr=0.5"]) == 2
+    assert "cannot change train.lr" in capsys.readouterr().err
+    with pytest.raises(PsflError, match="below the 3 rounds"):
+        resume_config(part, ["rounds=1"])
+
+
+def test_data_provenance_relative_dir_and_fingerprint_check(tmp_path, cache, capsys, monkeypatch):
+    data = _fmnist_dir(tmp_path / "d" / "data")
+    monkeypatch.chdir(tmp_path / "d")
+    run_dir = tmp_path / "run"
+    args = ["run", "--no-progress", "--out", str(run_dir), "--data-dir", "data"]
+    for o in tiny_overrides(cache, rounds=1):
+        args += ["--set", o]
+    assert main(args) == 0
+    cfg = resume_config(run_dir)
+    assert cfg.data.data_dir == str(data.resolve()) and cfg.data.source == "npz"  # stored absolute
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert len(prov["data"]["fingerprint"]) == 32 and len(prov["partition"]["fingerprint"]) == 32
+    monkeypatch.chdir(tmp_path)  # resuming from elsewhere reads the same file
+    assert main(["run", "--resume", str(run_dir), "--no-progress", "--set", "rounds=2"]) == 0
+    # The same path with other contents: refused, never silently trained on.
+    z = dict(np.load(data / "fashion_mnist.npz"))
+    z["x_train"] = z["x_train"][::-1].copy()
+    np.savez(data / "fashion_mnist.npz", **z)
+    from psfl.data import clear_dataset_cache
+
+    clear_dataset_cache()
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run_dir), "--no-progress", "--set", "rounds=3"]) == 2
+    assert "dataset arrays differ" in capsys.readouterr().err
+
+
+def test_explicit_data_dir_without_dataset_exits_2_and_bundled_is_announced(tmp_path, cache, capsys):
+    assert main(["run", "--no-progress", "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "fashion_mnist.npz not found" in err and not (tmp_path / "x").exists()
+    args = ["run", "--no-progress", "--out", str(tmp_path / "b")]
+    for o in tiny_overrides(cache, rounds=1):
+        args += ["--set", o]
+    assert main(args) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "bundled fashion_mnist sample" in first
+    assert 'source = "bundled"' in (tmp_path / "b" / "config.toml").read_text()
+
+
+def test_run_records_how_it_was_made(tmp_path, cache):
+    run_federated(load_config(None, tiny_overrides(cache, rounds=1)), tmp_path / "r", progress=False,
+                  command=["psfl", "run", "--x"])
+    prov = json.loads((tmp_path / "r" / "provenance.json").read_text())
+    rt = prov["runtime"]
+    assert rt["torch_version"] == torch.__version__ and rt["device"] == "cpu" and rt["threads"] == 1
+    assert rt["command"] == ["psfl", "run", "--x"] and rt["psfl_version"]
+    assert "git_commit" in rt
+    ev = prov["evaluators"]
+    assert ev["loss_classifier"]["arch"] == "cnn" and ev["scorer"]["arch"] == "lenet"
+    assert ev["loss_classifier"]["weights_blake2b"] != ev["scorer"]["weights_blake2b"]
+    for e in ev.values():
+        assert 0.5 < e["test_accuracy"] <= 1 and e["epochs"] == 1 and "seed" in e
+    b = prov["baselines"]
+    assert set(b) == {"constant", "dataset_mean", "class_mean"}
+    assert b["constant"]["psnr"] < b["dataset_mean"]["psnr"] < b["class_mean"]["psnr"]
+
+
+def test_divergence_stops_with_exit_3_and_keeps_completed_rounds(tmp_path, cache, capsys):
+    run_dir = tmp_path / "r"
+    run_federated(load_config(None, tiny_overrides(cache, rounds=2)), run_dir, progress=False)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    key = next(k for k, v in ckpt["server"]["global"].items() if v.is_floating_point() and v.ndim >= 2)
+    ckpt["server"]["global"][key].view(-1)[0] = float("nan")
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run_dir), "--no-progress", "--set", "rounds=4"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "round 3" in err[0] and "client 0" in err[0] and "non-finite" in err[0]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [0, 1]
+    for x in lines:  # strict JSON: NaN/Infinity never appear as numbers
+        json.loads(x, parse_constant=lambda c: pytest.fail(f"non-finite {c} in metrics"))
+
+
+def test_lr_that_blows_up_is_caught(tmp_path, cache):
+    cfg = load_config(None, tiny_overrides(cache, rounds=2, method="fedavg") + ["train.lr=1e30", "train.grad_clip=0"])
+    with pytest.raises(DivergenceError, match="round 1, client 0: non-finite"):
+        run_federated(cfg, tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method_options.psfl.distil=false", "method_options.psfl.distil"),
+    ("method_options.stc.p=2", "method_options.stc.p"),
+    ("method_options.fedpaq.s=1.5", "method_options.fedpaq.s"),
+    ("method_options.nosuch.x=1", "method_options.nosuch"),
+    ("channel.name=\"foo\"", "channel.name"),
+    ("train.lr=inf", "train.lr"),
+])
+def test_bad_settings_exit_2_naming_the_field(override, message, capsys):
+    assert main(["run", "--no-progress", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_mentor_init_per_tier(tmp_path, cache):
+    from psfl.methods import METHODS, build_env
+    from psfl.models import create_model, save_model_checkpoint
+
+    torch.manual_seed(3)
+    m = create_model("tiny-M", img_size=28, in_chans=1)
+    save_model_checkpoint(m, tmp_path / "m.pt")
+    cfg = load_config(None, tiny_overrides(cache, rounds=1) + ["model.mentors=M,L,M",
+                                                                f'model.mentor_init.M="{tmp_path / "m.pt"}"'])
+    env = build_env(cfg, progress=False)
+    method = METHODS.get("psfl")(env, cfg.options_for())
+    s0, s1 = method.init_client(0), method.init_client(1)
+    assert all(torch.equal(s0["mentor"][k], v) for k, v in m.state_dict().items())  # M from the file
+    assert not all(torch.equal(s1["mentor"].get(k, v), v) for k, v in m.state_dict().items() if k in s1["mentor"])
+    bad = load_config(None, tiny_overrides(cache, rounds=1) + ["model.mentors=M,L,M",
+                                                               f'model.mentor_init.L="{tmp_path / "m.pt"}"'])
+    with pytest.raises(PsflError, match=r"mentor_init\.L: .* does not fit the L mentor 'tiny-L'"):
+        METHODS.get("psfl")(build_env(bad, progress=False), bad.options_for())
+
+
+# ------------------------------------------------------------------ scores never touch training images
+def _row_hashes(x: torch.Tensor) -> set[bytes]:
+    return {hashlib.blake2b(r.numpy().tobytes(), digest_size=12).digest() for r in x.reshape(x.shape[0], -1)}
+
+
+@pytest.fixture(scope="module")
+def env(cache):
+    from psfl.methods import build_env
+
+    return build_env(load_config(None, tiny_overrides(cache, rounds=1)), progress=False)
+
+
+def test_global_and_local_test_images_come_from_the_test_split(env):
+    from psfl import data as D
+
+    ds = D.load_dataset("fashion_mnist")
+    prepared = D.prepare(ds, D.INPUT_PRESETS.get("native"))
+    test = _row_hashes(prepared.x_test)
+    assert _row_hashes(env.test_x) <= test
+    for c in env.clients:
+        assert len(c.x_test) > 0 and _row_hashes(c.x_test) <= test
+        assert not (_row_hashes(c.x_test) & _row_hashes(c.x))
+
+
+@pytest.mark.parametrize("method", ["psfl", "fedavg"])
+def test_local_accuracy_is_scored_on_test_images(env, method, monkeypatch):
+    """Spy on the one accuracy function: every image a client is scored on is a test image
+    of that client, and the classifier is the independent scorer."""
+    import psfl.methods.base as B
+    from psfl.methods import METHODS
+
+    seen = []
+    real = B.accuracy_at
+
+    def spy(model, classifier, x, y, *a, **k):
+        seen.append((classifier, x))
+        return real(model, classifier, x, y, *a, **k)
+
+    monkeypatch.setattr(B, "accuracy_at", spy)
+    env.cfg = dataclasses.replace(env.cfg, method=method)
+    m = METHODS.get(method)(env, env.cfg.options_for(method))
+    m.init_server()
+    payload, _ = m.broadcast(0, np.full(3, 10.0))
+    state = m.init_client(1)
+    m.client_update(1, state, 0, payload, 10.0, torch.Generator().manual_seed(0))
+    assert seen
+    for clf, x in seen:
+        assert clf is env.scorer
+        assert _row_hashes(x) <= _row_hashes(env.clients[1].x_test)
+
+
+def test_headline_accuracy_is_the_scorers(env):
+    """Global accuracy comes from the scorer, not from the classifier inside the loss."""
+    from psfl.methods import METHODS
+    from psfl.runners.inprocess import evaluate_global
+
+    class Always0(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 10)
+            out[:, 0] = 1
+            return out
+
+    m = METHODS.get("fedavg")(env, env.cfg.options_for("fedavg"))
+    m.init_server()
+    real = env.scorer
+    try:
+        env.scorer = Always0()
+        g = evaluate_global(m, env, 0)
+    finally:
+        env.scorer = real
+    assert g["accuracy"] == pytest.approx(float((env.test_y == 0).float().mean()))
+    assert "loss_clf_accuracy" in g
+
+
+def test_channel_config_reaches_every_method(cache):
+    from psfl.channel import Rician
+    from psfl.methods import METHODS, build_env
+
+    cfg = load_config(None, tiny_overrides(cache, rounds=1) + ['channel.name="rician"', "channel.rician_k=1.5",
+                                                               'channel.equalizer="zf"'])
+    env = build_env(cfg, progress=False)
+    for name in METHODS.names():
+        m = METHODS.get(name)(env, cfg.options_for(name))
+        m.init_server()
+        ch = m.global_model().channel
+        assert isinstance(ch, Rician) and ch.k_factor == 1.5 and ch.equalize == "zf", name
+    for preset, model in env._pool.items():
+        assert model.channel is env.channel, preset
