@@ -3,6 +3,8 @@
     loss = CE(y, evaluator(m_hat)) + MSE(m, m_hat)     (Eq. 8 + the MSE of Eqs. 15/16)
 
 The evaluator is frozen: gradients flow through it into the SC model, never into it.
+Loops run where the model is: batches are moved to the model's device, random draws come
+from CPU generators (:mod:`psfl.device`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psfl.channel import CHANNELS, Channel
+from psfl.device import device_info, module_device, resolve_device, seeded, to_device
 from psfl.errors import PsflError
 from psfl.evaluate.metrics import using_channel
 from psfl.models.base import SCOutput
@@ -39,7 +42,8 @@ def task_loss(out: SCOutput, x: Tensor, y: Tensor, evaluator: nn.Module) -> dict
 
 def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
                generator: torch.Generator) -> float | Tensor:
-    """A fixed training SNR, or for ``(lo, hi)`` one SNR per sample ~ U[lo, hi] dB."""
+    """A fixed training SNR, or for ``(lo, hi)`` one SNR per sample ~ U[lo, hi] dB (a CPU
+    tensor; the channel moves it to the symbols' device)."""
     if isinstance(train_snr_db, (int, float)):
         return float(train_snr_db)
     lo, hi = train_snr_db
@@ -48,7 +52,8 @@ def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
 
 def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr_db: float | Tensor,
                optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None) -> dict[str, float]:
-    """One optimiser step on the task loss; returns the loss terms as floats."""
+    """One optimiser step on the task loss; returns the loss terms as floats. ``x``, ``y``,
+    ``model`` and ``evaluator`` on one device."""
     out = model(x, snr_db, generator=generator)
     terms = task_loss(out, x, y, evaluator)
     optimizer.zero_grad(set_to_none=True)
@@ -66,6 +71,9 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
     ``optimizer``: a name in ``psfl.methods.base.OPTIMIZERS`` (sgd / adam / adamw).
     ``channel``: replaces the model's channel for training (None: keep it).
     ``max_samples``: train on a seeded random subset of that many samples.
+    Runs on the model's device (``evaluator`` must be there too); the data may stay on the
+    CPU, each batch is moved. Shuffling and SNR draws come from a CPU generator seeded
+    with ``seed``, so they are the same on every device.
     Returns one dict per epoch: loss, ce, mse (sample means), seconds, samples_per_s.
     """
     from tqdm.auto import tqdm
@@ -74,6 +82,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
     from psfl.methods.base import make_optimizer
 
     g = torch.Generator().manual_seed(seed)
+    dev = module_device(model)
     x, y = prepared.x_train, prepared.y_train
     if max_samples is not None and max_samples < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=g)[:max_samples].sort().values
@@ -88,6 +97,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
             sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
             seen, t0 = 0, time.perf_counter()
             for xb, yb in iterate_batches(x, y, batch_size, g, shuffle=True):
+                xb, yb = to_device(xb, dev), to_device(yb, dev)
                 terms = train_step(model, evaluator, xb, yb, sample_snr(train_snr_db, xb.shape[0], g), opt, g)
                 for k in sums:
                     sums[k] += terms[k] * xb.shape[0]
@@ -126,6 +136,7 @@ class CentralConfig:
     evaluator_epochs: int = 3
     evaluator_checkpoint: str | None = None
     evaluator_cache_dir: str | None = None
+    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.device.resolve_device)
 
 
 @dataclass
@@ -136,6 +147,7 @@ class CentralResult:
     samples_per_s: float  # training throughput over all epochs
     checkpoint: Path
     params: int
+    device: dict[str, Any] | None = None  # psfl.device.device_info of the run
 
 
 def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -149,13 +161,16 @@ def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
 def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) -> CentralResult:
     """Load data and evaluator, train ``cfg.model`` with :func:`fit`, save ``model.pt``
     (``psfl.models.save_model_checkpoint``), score at each test SNR, and write
-    ``history.json``, ``eval.csv`` and ``result.json`` into ``out_dir``."""
+    ``history.json``, ``eval.csv`` and ``result.json`` into ``out_dir``. Model, evaluator,
+    batches, channel noise and metrics live on ``cfg.device``; the checkpoint is saved
+    from CPU copies."""
     from psfl import data as D
     from psfl.evaluate import classifier_accuracy, evaluate_reconstruction, load_evaluator
     from psfl.models import MODELS, count_parameters, create_model, save_model_checkpoint
 
     if cfg.epochs < 1:
         raise PsflError(f"epochs must be >= 1, got {cfg.epochs}")
+    dev = resolve_device(cfg.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -168,10 +183,11 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     res = prepared.input
     evaluator = load_evaluator(cfg.dataset, cfg.source, cfg.data_dir, res.name, cfg.evaluator_arch,
                                cfg.evaluator_epochs, checkpoint=cfg.evaluator_checkpoint,
-                               cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.seed)
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
-        torch.manual_seed(cfg.seed)
+                               cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.seed,
+                               device=dev)
+    with seeded(cfg.seed):  # seeded init (on the CPU) without touching global state
         model = create_model(cfg.model, img_size=res.size, in_chans=res.channels, channel=cfg.channel)
+    model.to(dev)
     history = fit(model, evaluator, prepared, cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer,
                   cfg.train_snr_db, seed=cfg.seed, weight_decay=cfg.weight_decay,
                   max_samples=cfg.max_samples, progress=progress)
@@ -187,7 +203,7 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     config = {**asdict(cfg), "input_preset": res.name, "dataset_fingerprint": ds.fingerprint(),
               "dataset_source": ds.source}
     ckpt = save_model_checkpoint(model, out / "model.pt", config=config)
-    result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model))
+    result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model), device_info(dev))
     _write_outputs(result, config, out)
     return result
 
@@ -199,7 +215,7 @@ def _write_outputs(r: CentralResult, config: dict[str, Any], out: Path) -> None:
     (out / "eval.csv").write_text("\n".join(lines) + "\n")
     summary = {"config": config, "params": r.params, "train_samples_per_s": r.samples_per_s,
                "clean_accuracy": r.clean_accuracy, "table": r.table, "history": r.history,
-               "checkpoint": str(r.checkpoint)}
+               "checkpoint": str(r.checkpoint), "device": r.device}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
@@ -209,5 +225,7 @@ def format_central_table(r: CentralResult) -> str:
     for t in r.table:
         rows.append(f"{t['snr_db']:>8.1f}  {t['accuracy']:>8.4f}  {t['psnr']:>9.2f}  {t['ssim']:>6.4f}  {t['mse']:>8.5f}")
     rows.append(f"evaluator accuracy on clean test images: {r.clean_accuracy:.4f}")
-    rows.append(f"training: {r.samples_per_s:.0f} samples/s, {r.params:,} parameters, checkpoint {r.checkpoint}")
+    where = f" on {r.device['device']} ({r.device['name']})" if r.device else ""
+    rows.append(f"training{where}: {r.samples_per_s:.0f} samples/s, {r.params:,} parameters, "
+                f"checkpoint {r.checkpoint}")
     return "\n".join(rows)
