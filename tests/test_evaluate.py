@@ -79,7 +79,7 @@ def test_train_evaluator_cache_round_trip(tmp_path, capsys):
     assert isinstance(ev, FrozenClassifier) and not ev.training
     info = ev.info
     assert info.test_accuracy > 0.9 and info.img_size == 28 and info.in_chans == 1
-    assert info.fingerprint == ds.fingerprint()[:16]
+    assert info.fingerprint == ds.fingerprint()[:16] and info.device.startswith("cpu")
     listed = list_evaluators(tmp_path)
     assert len(listed) == 1 and listed[0].path == info.path and listed[0].test_accuracy == info.test_accuracy
     again = load_classifier_checkpoint(info.path)

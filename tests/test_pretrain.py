@@ -87,6 +87,7 @@ def test_pretrain_end_to_end_writes_a_mentor_checkpoint(tmp_path):
     mentor = load_model_checkpoint(result.checkpoint)
     assert mentor.preset["name"] == "tiny-M" and (mentor.img_size, mentor.in_chans) == (28, 1)
     assert mentor.checkpoint_config["pretrain"]["mask_ratio"] == 0.75
+    assert mentor.checkpoint_config["device"]["device"] == "cpu"  # provenance: psfl.device.device_info
     assert set(result.final) >= {"masked_mse", "full_mse", "samples_per_s"}
     for k, v in result.model.state_dict().items():
         assert torch.equal(v, mentor.state_dict()[k])

@@ -129,6 +129,7 @@ def test_run_central_end_to_end(tmp_path, monkeypatch):
     assert r.samples_per_s > 0 and r.params > 0
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["config"]["model"] == "tiny-CSC" and len(saved["table"]) == 2
+    assert saved["config"]["device"] == "cpu" and saved["device"]["device"] == "cpu" and saved["device"]["torch"]
     assert (tmp_path / "run" / "eval.csv").read_text().startswith("snr_db,accuracy,psnr,ssim")
     model = load_model_checkpoint(r.checkpoint)
     assert model.checkpoint_config["dataset"] == "fashion_mnist"

@@ -3,7 +3,9 @@
 Symbols ``X`` arrive as a real tensor ``(B, ..., c)``. Each sample is normalised to unit
 average power per real symbol, so the requested SNR (in dB, converted with
 10^(dB/10)) fixes the noise variance: sigma^2 = 1 / psi. SNR is given per batch (a float)
-or per sample (a ``(B,)`` tensor). Every random draw comes from the ``generator`` passed in.
+or per sample (a ``(B,)`` tensor). Every random draw comes from the ``generator`` passed in,
+made on the generator's device (CPU) and then moved to the symbols' device, so a seed gives
+the same noise and gains on the CPU and on a GPU (:func:`psfl.device.randn`).
 
 Channels (registry :data:`CHANNELS`):
 
@@ -24,6 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from psfl.device import randn
 from psfl.registry import Registry
 
 
@@ -74,7 +77,7 @@ class AWGN(Channel):
     def forward(self, x, snr_db, generator=None):
         X = power_normalize(x)
         psi = _per_sample(snr_db, X)
-        noise = torch.randn(X.shape, generator=generator, dtype=X.dtype, device=X.device)
+        noise = randn(tuple(X.shape), generator, X.dtype, X.device)
         return X, X + noise * torch.rsqrt(psi)
 
 
@@ -95,7 +98,7 @@ def to_real(z: Tensor) -> Tensor:
 def complex_normal(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
                    device: torch.device, variance: Tensor | float = 1.0) -> Tensor:
     """CN(0, variance): real and imaginary parts i.i.d. N(0, variance / 2)."""
-    re_im = torch.randn(*shape, 2, generator=generator, dtype=dtype, device=device)
+    re_im = randn((*shape, 2), generator, dtype, device)
     scale = torch.sqrt(torch.as_tensor(variance, dtype=dtype, device=device) / 2)
     return torch.view_as_complex(re_im) * scale
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from psfl.device import device_info, module_device, resolve_device, seeded, to_device
 from psfl.errors import PsflError
 from psfl.models.gsc import patchify
 
@@ -48,7 +49,7 @@ class PretrainConfig:
     warmup_fraction: float = 0.05
     eval_samples: int = 1000  # test images for the final masked / full reconstruction MSE
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.device.resolve_device)
     out: str | None = None  # checkpoint path (None: do not save)
 
     def validate(self) -> None:
@@ -56,6 +57,7 @@ class PretrainConfig:
             raise PsflError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.batch_size < 1 or self.epochs < 1 or self.steps < 0 or self.lr <= 0:
             raise PsflError("batch_size, epochs must be >= 1, steps >= 0 and lr > 0")
+        resolve_device(self.device)
 
 
 @dataclass
@@ -105,7 +107,8 @@ def pretrain_mae(model: nn.Module, x_train: Tensor, cfg: PretrainConfig, generat
                  log: Callable[[dict[str, float]], None] | None = None, log_every: int = 50
                  ) -> list[dict[str, float]]:
     """The MAE training loop on a tensor of images ``(N, C, H, W)`` (already in the
-    model's input space). Batches and masks/noise come from ``generator``."""
+    model's input space), on the model's device (each batch is moved there). Batches and
+    masks/noise come from ``generator`` (CPU: the same draws on every device)."""
     from psfl.data import iterate_batches
 
     if getattr(model, "family", None) != "gsc":
@@ -118,13 +121,14 @@ def pretrain_mae(model: nn.Module, x_train: Tensor, cfg: PretrainConfig, generat
     labels = torch.zeros(n, dtype=torch.long)
     history: list[dict[str, float]] = []
     step, running, count = 0, 0.0, 0
+    dev = module_device(model)
     model.train()
     while step < total:
         for xb, _ in iterate_batches(x_train, labels, cfg.batch_size, generator, shuffle=True):
             lr = cosine_lr(step, total, cfg.lr, warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            xb = xb.to(cfg.device)
+            xb = to_device(xb, dev)
             out = model(xb, cfg.snr_db, generator=generator, mask_ratio=cfg.mask_ratio)
             loss = mae_loss(model, xb, out.x_hat, out.mask, cfg.norm_pix_loss)
             opt.zero_grad(set_to_none=True)
@@ -146,13 +150,14 @@ def pretrain_mae(model: nn.Module, x_train: Tensor, cfg: PretrainConfig, generat
 @torch.no_grad()
 def evaluate_mae(model: nn.Module, x: Tensor, cfg: PretrainConfig, seed: int) -> dict[str, float]:
     """Held-out masked-patch MSE (mask_ratio) and full reconstruction MSE (no mask), both
-    through the pre-training channel, with a fixed generator."""
+    through the pre-training channel, with a fixed generator, on the model's device."""
     model.eval()
+    dev = module_device(model)
     g = torch.Generator().manual_seed(seed)
     sums = {"masked_mse": 0.0, "full_mse": 0.0}
     n = 0
     for i in range(0, int(x.shape[0]), 256):
-        xb = x[i:i + 256].to(cfg.device)
+        xb = to_device(x[i:i + 256], dev)
         out = model(xb, cfg.snr_db, generator=g, mask_ratio=cfg.mask_ratio)
         sums["masked_mse"] += float(mae_loss(model, xb, out.x_hat, out.mask, cfg.norm_pix_loss)) * len(xb)
         out = model(xb, cfg.snr_db, generator=g)
@@ -165,11 +170,13 @@ def evaluate_mae(model: nn.Module, x: Tensor, cfg: PretrainConfig, seed: int) ->
 def pretrain(cfg: PretrainConfig, log: Callable[[dict[str, float]], None] | None = None) -> PretrainResult:
     """Load the dataset (psfl.data), build ``cfg.model`` at the dataset's size, pre-train
     it as a masked autoencoder, evaluate on held-out images and write the checkpoint
-    (:func:`psfl.models.save_model_checkpoint`, config and final metrics included)."""
+    (:func:`psfl.models.save_model_checkpoint`, config and final metrics included; CPU
+    tensors, so it loads anywhere). Runs on ``cfg.device``."""
     from psfl import data as D
     from psfl.models import MODELS, create_model, save_model_checkpoint
 
     cfg.validate()
+    dev = resolve_device(cfg.device)
     try:
         preset = MODELS.get(cfg.model)
     except KeyError as e:
@@ -180,10 +187,9 @@ def pretrain(cfg: PretrainConfig, log: Callable[[dict[str, float]], None] | None
     prepared = D.prepare(ds, D.INPUT_PRESETS.get(preset.input_preset))
     x_train = prepared.x_train[: cfg.max_train] if cfg.max_train > 0 else prepared.x_train
     x_eval = prepared.x_test[: cfg.eval_samples]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # parameter initialisation only; the global state is restored
+    with seeded(cfg.seed):  # parameter initialisation (on the CPU) only; the global state is restored
         model = create_model(cfg.model, img_size=prepared.input.size, in_chans=prepared.input.channels)
-    model.to(cfg.device)
+    model.to(dev)
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     history = pretrain_mae(model, x_train, cfg, g, log)
@@ -194,7 +200,7 @@ def pretrain(cfg: PretrainConfig, log: Callable[[dict[str, float]], None] | None
                  train_images=float(len(x_train)))
     ckpt = None
     if cfg.out:
-        meta: dict[str, Any] = {"pretrain": asdict(cfg), "final": final,
-                                "dataset_source": ds.source, "input": asdict(prepared.input)}
+        meta: dict[str, Any] = {"pretrain": asdict(cfg), "final": final, "dataset_source": ds.source,
+                                "input": asdict(prepared.input), "device": device_info(dev)}
         ckpt = save_model_checkpoint(model, cfg.out, config=meta)
     return PretrainResult(history, final, ckpt, model)

@@ -3,6 +3,8 @@
     loss = CE(y, evaluator(m_hat)) + MSE(m, m_hat)     (Eq. 8 + the MSE of Eqs. 15/16)
 
 The evaluator is frozen: gradients flow through it into the SC model, never into it.
+Loops run where the model is: batches are moved to the model's device, random draws come
+from CPU generators (:mod:`psfl.device`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psfl.channel import CHANNELS, Channel
+from psfl.device import device_info, module_device, resolve_device, seeded, to_device
 from psfl.errors import PsflError
 from psfl.evaluate.metrics import using_channel
 from psfl.models.base import SCOutput
@@ -58,7 +61,8 @@ def mse_scale_for(prepared: Any, weight: float = 1.0, space: str = "standardized
 
 def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
                generator: torch.Generator) -> float | Tensor:
-    """A fixed training SNR, or for ``(lo, hi)`` one SNR per sample ~ U[lo, hi] dB."""
+    """A fixed training SNR, or for ``(lo, hi)`` one SNR per sample ~ U[lo, hi] dB (a CPU
+    tensor; the channel moves it to the symbols' device)."""
     if isinstance(train_snr_db, (int, float)):
         return float(train_snr_db)
     lo, hi = train_snr_db
@@ -68,7 +72,8 @@ def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
 def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr_db: float | Tensor,
                optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None,
                mse_scale: float = 1.0) -> dict[str, float]:
-    """One optimiser step on the task loss; returns the loss terms as floats."""
+    """One optimiser step on the task loss; returns the loss terms as floats. ``x``, ``y``,
+    ``model`` and ``evaluator`` on one device."""
     out = model(x, snr_db, generator=generator)
     terms = task_loss(out, x, y, evaluator, mse_scale)
     optimizer.zero_grad(set_to_none=True)
@@ -86,6 +91,9 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
     ``optimizer``: a name in ``psfl.methods.base.OPTIMIZERS`` (sgd / adam / adamw).
     ``channel``: replaces the model's channel for training (None: keep it).
     ``max_samples``: train on a seeded random subset of that many samples.
+    Runs on the model's device (``evaluator`` must be there too); the data may stay on the
+    CPU, each batch is moved. Shuffling and SNR draws come from a CPU generator seeded
+    with ``seed``, so they are the same on every device.
     Returns one dict per epoch: loss, ce, mse (sample means), seconds, samples_per_s.
     """
     from tqdm.auto import tqdm
@@ -94,6 +102,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
     from psfl.methods.base import make_optimizer
 
     g = torch.Generator().manual_seed(seed)
+    dev = module_device(model)
     x, y = prepared.x_train, prepared.y_train
     if max_samples is not None and max_samples < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=g)[:max_samples].sort().values
@@ -108,6 +117,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
             sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
             seen, t0 = 0, time.perf_counter()
             for xb, yb in iterate_batches(x, y, batch_size, g, shuffle=True):
+                xb, yb = to_device(xb, dev), to_device(yb, dev)
                 terms = train_step(model, evaluator, xb, yb, sample_snr(train_snr_db, xb.shape[0], g), opt, g,
                                    mse_scale)
                 for k in sums:
@@ -153,6 +163,7 @@ class CentralConfig:
     score_seed: int = 1
     mse_weight: float = 1.0  # see RunConfig.train.mse_weight / mse_space
     mse_space: str = "standardized"
+    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.device.resolve_device)
 
 
 @dataclass
@@ -164,6 +175,7 @@ class CentralResult:
     checkpoint: Path
     params: int
     baselines: dict[str, dict[str, float]]  # trivial reconstructions' PSNR/SSIM on the same test images
+    device: dict[str, Any] | None = None  # psfl.device.device_info of the run
 
 
 def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -177,13 +189,16 @@ def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
 def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) -> CentralResult:
     """Load data and evaluator, train ``cfg.model`` with :func:`fit`, save ``model.pt``
     (``psfl.models.save_model_checkpoint``), score at each test SNR, and write
-    ``history.json``, ``eval.csv`` and ``result.json`` into ``out_dir``."""
+    ``history.json``, ``eval.csv`` and ``result.json`` into ``out_dir``. Model, evaluator,
+    batches, channel noise and metrics live on ``cfg.device``; the checkpoint is saved
+    from CPU copies."""
     from psfl import data as D
     from psfl.evaluate import classifier_accuracy, evaluate_reconstruction, load_evaluator
     from psfl.models import MODELS, count_parameters, create_model, save_model_checkpoint
 
     if cfg.epochs < 1:
         raise PsflError(f"epochs must be >= 1, got {cfg.epochs}")
+    dev = resolve_device(cfg.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -197,14 +212,14 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     evaluator = load_evaluator(cfg.dataset, cfg.source, cfg.data_dir, res.name, cfg.evaluator_arch,
                                cfg.evaluator_epochs, checkpoint=cfg.evaluator_checkpoint,
                                cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.evaluator_seed,
-                               dataset_obj=ds)
+                               dataset_obj=ds, device=dev)
     scorer = load_evaluator(cfg.dataset, cfg.source, cfg.data_dir, res.name, cfg.score_arch, cfg.score_epochs,
                             cache_dir=cfg.evaluator_cache_dir, progress=progress, seed=cfg.score_seed,
-                            dataset_obj=ds)
+                            dataset_obj=ds, device=dev)
     mse_scale = mse_scale_for(prepared, cfg.mse_weight, cfg.mse_space)
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):  # seeded init (on the CPU) without touching global state
         model = create_model(cfg.model, img_size=res.size, in_chans=res.channels, channel=cfg.channel)
+    model.to(dev)
     history = fit(model, evaluator, prepared, cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer,
                   cfg.train_snr_db, seed=cfg.seed, weight_decay=cfg.weight_decay,
                   max_samples=cfg.max_samples, progress=progress, mse_scale=mse_scale)
@@ -224,7 +239,8 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     config = {**asdict(cfg), "input_preset": res.name, "dataset_fingerprint": ds.fingerprint(),
               "dataset_source": ds.source, "mse_scale": mse_scale}
     ckpt = save_model_checkpoint(model, out / "model.pt", config=config)
-    result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model), baselines)
+    result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model), baselines,
+                           device_info(dev))
     _write_outputs(result, config, out)
     return result
 
@@ -237,7 +253,7 @@ def _write_outputs(r: CentralResult, config: dict[str, Any], out: Path) -> None:
     summary = {"config": config, "params": r.params, "train_samples_per_s": r.samples_per_s,
                "clean_accuracy": r.clean_accuracy, "table": r.table, "history": r.history,
                "baselines": r.baselines,
-               "checkpoint": str(r.checkpoint)}
+               "checkpoint": str(r.checkpoint), "device": r.device}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
@@ -250,5 +266,7 @@ def format_central_table(r: CentralResult) -> str:
     for name, b in r.baselines.items():
         rows.append(f"baseline {name:>12}: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
     rows.append(f"accuracy = independent scorer; scorer on clean test images: {r.clean_accuracy:.4f}")
-    rows.append(f"training: {r.samples_per_s:.0f} samples/s, {r.params:,} parameters, checkpoint {r.checkpoint}")
+    where = f" on {r.device['device']} ({r.device['name']})" if r.device else ""
+    rows.append(f"training{where}: {r.samples_per_s:.0f} samples/s, {r.params:,} parameters, "
+                f"checkpoint {r.checkpoint}")
     return "\n".join(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from psfl.cli import command
+from psfl.device import add_device_argument
 
 
 @command("evaluator", help="Train (and cache) or list the evaluator classifiers")
@@ -21,6 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     t.add_argument("--hflip", action="store_true", help="random horizontal flips (natural images only)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    add_device_argument(t)
     t.add_argument("--cache-dir", help="default $PSFL_CACHE/evaluators or ~/.cache/psfl/evaluators")
     t.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("show", help="list cached evaluators and the registered architectures")
@@ -36,10 +38,10 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ev = train_evaluator(args.dataset, args.source, args.data_dir, args.input_preset, args.arch, args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, hflip=args.hflip,
-                         cache_dir=args.cache_dir, progress=not args.no_progress)
+                         cache_dir=args.cache_dir, progress=not args.no_progress, device=args.device)
     i = ev.info
     print(f"evaluator {i.arch} on {i.dataset} ({i.input_preset}, {i.img_size}px x {i.in_chans}ch, "
-          f"{i.epochs} epochs, {i.train_seconds:.0f} s)")
+          f"{i.epochs} epochs, {i.train_seconds:.0f} s on {i.device})")
     print(f"clean test accuracy: {i.test_accuracy:.4f}")
     print(f"cached at: {i.path}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from psfl.cli import command
+from psfl.device import add_device_argument
 
 
 @command("pretrain", help="Pre-train a GSC preset as a masked autoencoder (MAE) and save a mentor checkpoint")
@@ -28,7 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
+    add_device_argument(p, d.device)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from psfl.cli import command
+from psfl.device import add_device_argument
 from psfl.errors import PsflError
 
 
@@ -40,6 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, help="train on a seeded subset of this many images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    add_device_argument(p)
     p.add_argument("--evaluator-arch", default="cnn")
     p.add_argument("--evaluator-epochs", type=int, default=3, help="epochs if the evaluator must be trained")
     p.add_argument("--evaluator-checkpoint", help="user classifier checkpoint instead of the cached one")
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         evaluator_arch=args.evaluator_arch, evaluator_epochs=args.evaluator_epochs,
         evaluator_checkpoint=args.evaluator_checkpoint, evaluator_cache_dir=args.evaluator_cache_dir,
         score_arch=args.score_arch, mse_weight=args.mse_weight, mse_space=args.mse_space,
+        device=args.device,
     )
     print(format_central_table(run_central(cfg, args.out, progress=not args.no_progress)))
     return 0

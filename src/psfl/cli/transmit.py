@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from psfl.cli import command
+from psfl.device import add_device_argument
 
 
 @command("transmit", help="Transmit images through a trained SC model; PNG grid + PSNR/SSIM/prediction")
@@ -22,6 +23,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluator-checkpoint")
     p.add_argument("--evaluator-cache-dir")
     p.add_argument("--out", default="transmit.png", help="PNG grid (default transmit.png)")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.snr, args.out, dataset=args.dataset, indices=args.index, split=args.split,
         images=args.image, channel=args.channel, source=args.source, data_dir=args.data_dir, seed=args.seed,
         evaluator_arch=args.evaluator_arch, evaluator_checkpoint=args.evaluator_checkpoint,
-        evaluator_cache_dir=args.evaluator_cache_dir)
+        evaluator_cache_dir=args.evaluator_cache_dir, device=args.device)
     print(f"{'image':<26} {'PSNR (dB)':>9} {'SSIM':>6}  {'predicted':<16} {'conf':>5}  true label")
     for i in range(len(r.names)):
         print(f"{r.names[i]:<26} {r.psnr[i]:>9.2f} {r.ssim[i]:>6.3f}  {r.class_name(r.predicted[i]):<16} "

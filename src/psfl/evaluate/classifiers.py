@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psfl.device import module_device, to_device
 from psfl.registry import Registry
 
 SMALL_IMAGE = 64  # px: at most this size counts as a "small image" (CIFAR/MNIST scale)
@@ -164,13 +165,16 @@ def freeze(net: nn.Module, info: Any = None) -> FrozenClassifier:
 
 @torch.no_grad()
 def classifier_accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``net`` on (x, y) (eval mode, restored afterwards)."""
+    """Top-1 accuracy of ``net`` on (x, y) (eval mode, restored afterwards), computed on
+    ``net``'s device; ``x`` and ``y`` may stay on the CPU (each batch is moved)."""
     if x.shape[0] == 0:
         return float("nan")
     was = net.training
     net.eval()
-    correct = 0
+    dev = module_device(net)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
     for i in range(0, x.shape[0], batch_size):
-        correct += int((net(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
+        xb, yb = to_device(x[i:i + batch_size], dev), to_device(y[i:i + batch_size], dev)
+        correct += (net(xb).argmax(-1) == yb).sum()
     net.train(was)
-    return correct / x.shape[0]
+    return int(correct) / x.shape[0]

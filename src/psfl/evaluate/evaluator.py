@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psfl.device import device_info, module_device, rand, resolve_device, seeded, to_device
 from psfl.errors import PsflError
 from psfl.evaluate.classifiers import CLASSIFIERS, FrozenClassifier, classifier_accuracy, create_classifier
 
@@ -45,6 +46,13 @@ class EvaluatorInfo:
     test_accuracy: float  # clean test accuracy
     train_seconds: float
     path: str = ""
+    device: str = "cpu"  # where it was trained, e.g. "cuda:0 (NVIDIA H200)"
+
+
+def _info(fields: dict[str, Any]) -> EvaluatorInfo:
+    """EvaluatorInfo from saved fields; fields a newer psfl added are ignored."""
+    known = {f.name for f in dataclasses.fields(EvaluatorInfo)}
+    return EvaluatorInfo(**{k: v for k, v in fields.items() if k in known})
 
 
 def default_cache_dir() -> Path:
@@ -79,26 +87,29 @@ def fit_classifier(net: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size
                    generator: torch.Generator, weight_decay: float = 5e-4, hflip: bool = False,
                    progress: bool = True, desc: str = "evaluator") -> list[dict[str, float]]:
     """Plain supervised training: AdamW with a one-cycle learning rate, cross-entropy.
-    ``hflip``: random horizontal flips (natural images only). Returns per-epoch stats."""
+    ``hflip``: random horizontal flips (natural images only). Returns per-epoch stats.
+    Trains on ``net``'s device (``x``, ``y`` may stay on the CPU); shuffles and flips come
+    from ``generator`` (CPU), dropout from the device's RNG seeded from it."""
     from tqdm.auto import tqdm
 
     net.to(memory_format=torch.channels_last)  # faster narrow convs on CPU
+    dev = module_device(net)
     steps = epochs * math.ceil(x.shape[0] / batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
-    # Dropout draws from torch's global RNG: seed it from ``generator`` inside a fork so
-    # training is reproducible across processes and the caller's RNG is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        history = _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar)
+    # Dropout draws from torch's global RNG (of the device): seed it from ``generator``
+    # inside a fork so training is reproducible across processes and the caller's RNG is
+    # untouched.
+    with seeded(int(torch.randint(0, 2**62, (1,), generator=generator)), dev):
+        history = _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar, dev)
     bar.close()
     net.to(memory_format=torch.contiguous_format)  # as a checkpoint loads: identical numerics
     net.eval()
     return history
 
 
-def _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar) -> list[dict[str, float]]:
+def _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar, dev) -> list[dict[str, float]]:
     from psfl.data import iterate_batches
 
     history = []
@@ -106,8 +117,9 @@ def _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar
         net.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         for xb, yb in iterate_batches(x, y, batch_size, generator, shuffle=True):
+            xb, yb = to_device(xb, dev), to_device(yb, dev)
             if hflip:
-                flip = torch.rand(xb.shape[0], generator=generator) < 0.5
+                flip = rand((xb.shape[0],), generator, device=dev) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
             loss = F.cross_entropy(net(xb.contiguous(memory_format=torch.channels_last)), yb)
             opt.zero_grad(set_to_none=True)
@@ -126,7 +138,7 @@ def _fit_epochs(net, x, y, epochs, batch_size, generator, opt, sched, hflip, bar
 
 def _save(net: nn.Module, info: EvaluatorInfo, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}  # loads anywhere
     payload = {"arch": info.arch, "state_dict": state, "num_classes": info.num_classes,
                "in_chans": info.in_chans, "img_size": info.img_size, "info": dataclasses.asdict(info)}
     tmp = path.with_suffix(".tmp")
@@ -151,10 +163,12 @@ def train_evaluator(dataset: str, source: str = "auto", data_dir: str | None = N
                     input_preset: str = "native", arch: str = "cnn", epochs: int = 3,
                     batch_size: int = 128, lr: float = 3e-3, seed: int = 0, hflip: bool = False,
                     cache_dir: str | Path | None = None, progress: bool = True,
-                    dataset_obj: Any = None) -> FrozenClassifier:
+                    dataset_obj: Any = None, device: str | torch.device = "cpu") -> FrozenClassifier:
     """Train ``arch`` on the clean training set (in ``input_preset`` space), measure clean
-    test accuracy, cache the checkpoint and return the frozen classifier (``.info``).
+    test accuracy, cache the checkpoint (CPU tensors) and return the frozen classifier
+    (``.info``) on ``device`` (auto / cpu / cuda[:i]), where it is also trained.
     ``dataset_obj``: an already loaded ``psfl.data`` dataset (skips loading)."""
+    dev = resolve_device(device)
     CLASSIFIERS.get(arch)  # fail early on a bad name
     if epochs < 1:
         raise PsflError(f"evaluator epochs must be >= 1, got {epochs}")
@@ -162,9 +176,9 @@ def train_evaluator(dataset: str, source: str = "auto", data_dir: str | None = N
     prepared = _prepare(ds, input_preset)
     res = prepared.input
     num_classes = int(ds.num_classes)
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
-        torch.manual_seed(seed)
+    with seeded(seed):  # seeded init (on the CPU) without touching global state
         net = create_classifier(arch, res.channels, num_classes, res.size)
+    net.to(dev)
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     fit_classifier(net, prepared.x_train, prepared.y_train, epochs, batch_size, lr, g, hflip=hflip,
@@ -174,16 +188,17 @@ def train_evaluator(dataset: str, source: str = "auto", data_dir: str | None = N
     fp = dataset_fingerprint(ds)
     path = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), dataset, res.name, arch, fp,
                       epochs, seed, batch_size, lr, hflip)
+    where = device_info(dev)
     info = EvaluatorInfo(arch, dataset, str(getattr(ds, "source", source)), fp, res.name, res.size, res.channels,
-                         num_classes, epochs, seed, acc, seconds, str(path))
+                         num_classes, epochs, seed, acc, seconds, str(path), f"{where['device']} ({where['name']})")
     _save(net, info, path)
-    return load_classifier_checkpoint(path)  # exactly what later runs will load
+    return load_classifier_checkpoint(path).to(dev)  # exactly what later runs will load
 
 
 def load_classifier_checkpoint(path: str | Path, arch: str | None = None, num_classes: int | None = None,
                                in_chans: int | None = None, img_size: int | None = None) -> FrozenClassifier:
     """A classifier from a checkpoint dict ``{"arch", "state_dict", ...}`` (or a bare state
-    dict plus ``arch`` and the shape arguments)."""
+    dict plus ``arch`` and the shape arguments), on the CPU (``.to(device)`` it)."""
     path = Path(path)
     if not path.is_file():
         raise PsflError(f"evaluator checkpoint {path} does not exist")
@@ -210,7 +225,7 @@ def load_classifier_checkpoint(path: str | Path, arch: str | None = None, num_cl
         net.load_state_dict(state)
     except RuntimeError as e:
         raise PsflError(f"evaluator checkpoint {path} does not fit arch {arch!r}: {str(e).splitlines()[0]}") from None
-    info = EvaluatorInfo(**meta["info"]) if "info" in meta else None
+    info = _info(meta["info"]) if "info" in meta else None
     if info is not None:
         info.path = str(path)
     return FrozenClassifier(net, info)
@@ -220,28 +235,29 @@ def load_evaluator(dataset: str, source: str = "auto", data_dir: str | None = No
                    input_preset: str = "native", arch: str = "cnn", epochs: int = 3,
                    checkpoint: str | Path | None = None, cache_dir: str | Path | None = None,
                    train_if_missing: bool = True, progress: bool = True, seed: int = 0,
-                   dataset_obj: Any = None) -> FrozenClassifier:
-    """The frozen evaluator for (dataset, input preset, arch, epochs, seed): a user
-    ``checkpoint`` if given, else the cached one, else (``train_if_missing``) train and
-    cache it. ``dataset_obj``: an already loaded dataset (skips loading)."""
+                   dataset_obj: Any = None, device: str | torch.device = "cpu") -> FrozenClassifier:
+    """The frozen evaluator for (dataset, input preset, arch, epochs, seed) on ``device``:
+    a user ``checkpoint`` if given, else the cached one, else (``train_if_missing``) train
+    (on ``device``) and cache it. ``dataset_obj``: an already loaded dataset (skips loading)."""
     from psfl.data import resolve_for
 
+    dev = resolve_device(device)
     ds = dataset_obj if dataset_obj is not None else _load(dataset, source, data_dir)
     res = resolve_for(ds, input_preset)
     if checkpoint:
-        return load_classifier_checkpoint(checkpoint, arch, int(ds.num_classes), res.channels, res.size)
+        return load_classifier_checkpoint(checkpoint, arch, int(ds.num_classes), res.channels, res.size).to(dev)
     CLASSIFIERS.get(arch)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache_path(root, dataset, res.name, arch, dataset_fingerprint(ds), epochs, seed)
     if path.is_file():
-        return load_classifier_checkpoint(path)
+        return load_classifier_checkpoint(path).to(dev)
     if not train_if_missing:
         raise PsflError(f"no cached evaluator {path.name} in {path.parent}; train one with "
                         f"`psfl evaluator train --dataset {dataset} --input-preset {input_preset} --arch {arch}`")
     print(f"psfl: no cached evaluator for {dataset}/{input_preset}/{arch}; training one "
           f"({epochs} epochs, cached at {path})", file=sys.stderr)
     return train_evaluator(dataset, source, data_dir, input_preset, arch, epochs, seed=seed,
-                           cache_dir=cache_dir, progress=progress, dataset_obj=ds)
+                           cache_dir=cache_dir, progress=progress, dataset_obj=ds, device=dev)
 
 
 def list_evaluators(cache_dir: str | Path | None = None) -> list[EvaluatorInfo]:
@@ -250,7 +266,7 @@ def list_evaluators(cache_dir: str | Path | None = None) -> list[EvaluatorInfo]:
     out = []
     for p in sorted(root.glob("*.json")):
         try:
-            info = EvaluatorInfo(**json.loads(p.read_text()))
+            info = _info(json.loads(p.read_text()))
         except (ValueError, TypeError):
             continue  # not ours / corrupt: skip
         info.path = str(p.with_suffix(".pt"))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psfl.channel import Channel
+from psfl.device import module_device, to_device
 
 
 @contextlib.contextmanager
@@ -49,7 +50,9 @@ def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y
                             input: Any = None, loss_classifier: nn.Module | None = None,
                             mse_scale: float = 1.0) -> dict[str, float]:
     """Push ``x`` through ``model`` at ``snr_db`` (over ``channel``, default the model's own)
-    and score the reconstructions.
+    and score the reconstructions. Runs on the model's device (the evaluator must be
+    there too): batches and the metric states are moved there, ``x`` and
+    ``y`` may stay on the CPU; channel noise comes from the (CPU) ``generator``.
 
     Returns ``accuracy`` (``evaluator`` top-1 on m_hat), ``psnr`` (dB, mean over images),
     ``ssim`` (mean over images), ``mse`` (pixels in [0, 1]), and the task-loss terms
@@ -62,29 +65,36 @@ def evaluate_reconstruction(model: nn.Module, evaluator: nn.Module, x: Tensor, y
     if x.shape[0] == 0:
         raise ValueError("evaluate_reconstruction needs at least one image")
     k, sigma = _ssim_kernel(min(x.shape[-2:]))
-    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k, sigma=sigma)
+    dev = module_device(model)
+    psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)).to(dev)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k, sigma=sigma).to(dev)
     was = model.training
     model.eval()
-    correct, correct_lc, sq_err, ce_sum, mse_in_sum, n = 0, 0, 0.0, 0.0, 0.0, 0
+    # float64 sums on the device (no host sync per batch): correct, CE, MSE (input space), MSE ([0, 1]),
+    # loss-classifier correct
+    sums = torch.zeros(5, dtype=torch.float64, device=dev)
+    n = 0
     with using_channel(model, channel):
         for i in range(0, x.shape[0], batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb, yb = to_device(x[i:i + batch_size], dev), to_device(y[i:i + batch_size], dev)
             snr = snr_db[i:i + batch_size] if isinstance(snr_db, Tensor) and snr_db.ndim else snr_db
             x_hat = model(xb, snr, generator=generator).x_hat  # (B, C, H, W)
             logits = evaluator(x_hat)
-            correct += int((logits.argmax(-1) == yb).sum())
+            correct = (logits.argmax(-1) == yb).sum()
+            correct_lc = torch.zeros((), device=dev)
             if loss_classifier is not None:
                 logits = loss_classifier(x_hat)
-                correct_lc += int((logits.argmax(-1) == yb).sum())
-            ce_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            mse_in_sum += float(F.mse_loss(x_hat, xb, reduction="none").flatten(1).mean(1).sum())
+                correct_lc = (logits.argmax(-1) == yb).sum()
             a, b = to_unit_range(x_hat, input), to_unit_range(xb, input)
-            sq_err += float((a - b).pow(2).flatten(1).mean(1).sum())
+            terms = (correct, F.cross_entropy(logits, yb, reduction="sum"),
+                     F.mse_loss(x_hat, xb, reduction="none").flatten(1).mean(1).sum(),
+                     (a - b).pow(2).flatten(1).mean(1).sum(), correct_lc)
+            sums += torch.stack([t.double() for t in terms])
             psnr.update(a, b)
             ssim.update(a, b)
             n += xb.shape[0]
     model.train(was)
+    correct, ce_sum, mse_in_sum, sq_err, correct_lc = sums.tolist()
     ce = ce_sum / n
     out = {"accuracy": correct / n, "psnr": float(psnr.compute()), "ssim": float(ssim.compute()),
            "mse": sq_err / n, "ce": ce, "loss": ce + mse_scale * mse_in_sum / n}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from psfl.channel import Channel
+from psfl.device import module_device, resolve_device, to_device
 from psfl.errors import PsflError
 from psfl.evaluate.metrics import _ssim_kernel, to_unit_range, using_channel
 
@@ -64,9 +65,11 @@ def transmit_images(model: nn.Module, evaluator: nn.Module, x: Tensor, snr_db: f
                     channel: Channel | None = None, generator: torch.Generator | None = None,
                     input: Any = None, labels: Sequence[int | None] | None = None,
                     names: Sequence[str] | None = None) -> TransmitResult:
-    """Transmit ``x`` (model input space) at ``snr_db`` and score each image."""
+    """Transmit ``x`` (model input space) at ``snr_db`` and score each image, on the model's
+    device (the evaluator must be there too); the returned images are CPU tensors."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+    x = to_device(x, module_device(model))
     was = model.training
     model.eval()
     with using_channel(model, channel):
@@ -79,7 +82,7 @@ def transmit_images(model: nn.Module, evaluator: nn.Module, x: Tensor, snr_db: f
     ssim = structural_similarity_index_measure(a, b, data_range=1.0, kernel_size=k, sigma=sigma, reduction="none")
     conf, pred = prob.max(-1)
     n = x.shape[0]
-    return TransmitResult(b, a, psnr.tolist(), ssim.view(-1).tolist(), pred.tolist(), conf.tolist(),
+    return TransmitResult(b.cpu(), a.cpu(), psnr.tolist(), ssim.view(-1).tolist(), pred.tolist(), conf.tolist(),
                           list(labels) if labels is not None else [None] * n,
                           list(names) if names is not None else [str(i) for i in range(n)])
 
@@ -107,16 +110,20 @@ def transmit_checkpoint(checkpoint: str | Path, snr_db: float, out: str | Path,
                         images: Sequence[str | Path] = (), channel: str | None = None,
                         source: str = "auto", data_dir: str | None = None, seed: int = 0,
                         evaluator_arch: str = "cnn", evaluator_checkpoint: str | None = None,
-                        evaluator_cache_dir: str | None = None, progress: bool = True) -> tuple[TransmitResult, Path]:
+                        evaluator_cache_dir: str | None = None, progress: bool = True,
+                        device: str | torch.device = "cpu") -> tuple[TransmitResult, Path]:
     """Load a model saved by `psfl train`, transmit dataset samples (``dataset`` +
     ``indices`` of ``split``) and/or image files, score them with the evaluator of the
-    model's training dataset, and write the PNG grid to ``out``."""
+    model's training dataset, and write the PNG grid to ``out``. Model, evaluator, channel
+    noise and metrics run on ``device`` (auto / cpu / cuda[:i]); the noise is drawn from a
+    CPU generator seeded with ``seed``, so it does not depend on the device."""
     from psfl import data as D
     from psfl.channel import create_channel
     from psfl.evaluate.evaluator import load_evaluator
     from psfl.models import load_model_checkpoint
 
-    model = load_model_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model = load_model_checkpoint(checkpoint, device=dev)
     meta = getattr(model, "checkpoint_config", {})
     train_ds = meta.get("dataset") or dataset
     if not train_ds:
@@ -144,7 +151,7 @@ def transmit_checkpoint(checkpoint: str | Path, snr_db: float, out: str | Path,
         labels += [None] * len(images)
         names += [Path(p).name for p in images]
     evaluator = load_evaluator(train_ds, source, data_dir, res.name, evaluator_arch, checkpoint=evaluator_checkpoint,
-                               cache_dir=evaluator_cache_dir, progress=progress, seed=seed)
+                               cache_dir=evaluator_cache_dir, progress=progress, seed=seed, device=dev)
     ch = create_channel(channel) if channel else None
     result = transmit_images(model, evaluator, torch.cat(xs), snr_db, ch, torch.Generator().manual_seed(seed),
                              res, labels, names)

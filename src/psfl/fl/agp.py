@@ -83,15 +83,16 @@ def update_mask(state: dict[str, Tensor], mask: dict[str, Tensor] | None, zeta: 
     n = w.numel()
     target = int(round(zeta * n))
     keep = torch.ones(n, dtype=torch.bool) if mask is None else _flat(mask, keys).bool()
+    keep = keep.to(w.device)  # the mask follows the state's device
     pruned_now = n - int(keep.sum())
     if target > pruned_now:  # prune more: smallest |w| among kept positions
         score = torch.where(keep, w, torch.full_like(w, -1.0))  # pruned ones sort first
         order = torch.argsort(score, stable=True)
-        keep = torch.ones(n, dtype=torch.bool)
+        keep = torch.ones(n, dtype=torch.bool, device=w.device)
         keep[order[:target]] = False
     elif target < pruned_now:  # regrow random pruned positions
         pruned_idx = torch.nonzero(~keep).squeeze(1)
-        pick = torch.randperm(pruned_idx.numel(), generator=generator)[: pruned_now - target]
+        pick = torch.randperm(pruned_idx.numel(), generator=generator)[: pruned_now - target]  # CPU: same on any device
         keep[pruned_idx[pick]] = True
     return {k: v.to(torch.float32) for k, v in _unflat(keep, state, keys).items()}
 

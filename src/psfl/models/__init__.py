@@ -48,18 +48,22 @@ def create_model(name: str, img_size: int | None = None, in_chans: int | None = 
     """Build preset ``name``. ``img_size``/``in_chans`` default to the preset's (paper:
     224/3; cpu/tiny presets take the dataset's and require them). ``overrides`` replace
     fields of the preset's config dataclass (e.g. ``channel="rayleigh"``).
-    ``device="meta"`` builds without memory (for parameter counts)."""
+    ``device="meta"`` builds without memory (for parameter counts); any other device
+    builds on the CPU and then moves there, so a seeded initialisation is the same on
+    every device."""
     preset = _preset(name)
     kwargs: dict[str, Any] = dict(overrides)
     if img_size is not None:
         kwargs["img_size"] = int(img_size)
     if in_chans is not None:
         kwargs["in_chans"] = int(in_chans)
-    if device is None:
-        model = preset.build(**kwargs)
-    else:
-        with torch.device(device):
+    if device is not None and torch.device(device).type == "meta":
+        with torch.device("meta"):
             model = preset.build(**kwargs)
+    else:
+        model = preset.build(**kwargs)
+        if device is not None:
+            model.to(device)
     model.preset = {"name": name, "img_size": model.img_size, "in_chans": model.in_chans,
                     "overrides": dict(overrides)}
     return model

@@ -110,7 +110,7 @@ def load_mae_checkpoint(model: nn.Module, path_or_state: str | Path | Mapping[st
                 mismatched.append(f"{k}: checkpoint {_shape(v)} vs model {_shape(ref)}")
             else:
                 if ref.device.type != "meta":
-                    report.pos_embed_max_abs_diff[k] = float((v.float() - ref.float()).abs().max())
+                    report.pos_embed_max_abs_diff[k] = float((v.float().cpu() - ref.float().cpu()).abs().max())
                 report.skipped.append(k)
         elif k.startswith(_IGNORED_PREFIXES):
             report.skipped.append(k)
@@ -161,8 +161,9 @@ def save_model_checkpoint(model: nn.Module, path: str | Path, config: Mapping[st
 
 
 def load_model_checkpoint(path: str | Path, device: torch.device | str | None = None) -> nn.Module:
-    """Rebuild the model saved by :func:`save_model_checkpoint` (strict state-dict load).
-    The saved ``config`` is attached as ``model.checkpoint_config``."""
+    """Rebuild the model saved by :func:`save_model_checkpoint` (strict state-dict load),
+    read onto the CPU and then moved to ``device`` if given (a checkpoint written on any
+    device loads on any other). The saved ``config`` is attached as ``model.checkpoint_config``."""
     from psfl.models import create_model
 
     ckpt = _torch_load(path, "model checkpoint")

@@ -39,6 +39,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from psfl.channel import create_channel
+from psfl.device import rand
 from psfl.models.base import SCModel
 
 
@@ -93,8 +94,7 @@ def random_masking(n: int, batch: int, mask_ratio: float, generator: torch.Gener
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     keep = int(n * (1.0 - mask_ratio))
-    gdev = generator.device if generator is not None else device
-    noise = torch.rand(batch, n, generator=generator, device=gdev).to(device)  # (B, N)
+    noise = rand((batch, n), generator, device=device)  # (B, N), same draws on every device
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small noise is kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(batch, n, device=device)

@@ -1,0 +1,142 @@
+"""Where tensors live, and random draws that do not depend on it.
+
+    dev = resolve_device("auto")              # cuda:0 when a GPU is visible, else cpu
+    model.to(dev); evaluator.to(dev)
+    for xb, yb in iterate_batches(x, y, 64, g):
+        xb, yb = to_device(xb, dev), to_device(yb, dev)
+
+Generators stay on the CPU: :func:`randn` / :func:`rand` draw on the generator's device
+and then move the result, so one seed gives the same channel noise, masks and shuffles
+on every device. What draws from torch's *global* state (parameter initialisation,
+dropout) is seeded inside :func:`seeded` for the CPU and the target device; dropout
+masks then are deterministic per device, not across devices.
+
+The CLI default is ``cpu`` (not ``auto``) so that a command gives the same numbers on a
+machine whether or not it has a GPU; ``--device auto`` or ``cuda[:i]`` opt in.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import re
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from psfl.errors import PsflError
+
+CPU = torch.device("cpu")
+DEFAULT_DEVICE = "cpu"  # CLI default: reproducible numbers on any machine
+_SPEC = re.compile(r"^(auto|cpu|cuda(?::(\d+))?)$")
+
+
+def _no_cuda_reason() -> str:
+    if not torch.backends.cuda.is_built():
+        return f"torch {torch.__version__} is built without CUDA"
+    return f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but no GPU is visible"
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``"auto"`` (cuda when available, else cpu), ``"cpu"``, ``"cuda"`` or ``"cuda:i"`` ->
+    a ``torch.device`` with an explicit CUDA index. Raises :class:`PsflError` for a
+    malformed name, for CUDA without a visible GPU and for an index out of range."""
+    text = str(spec).strip()
+    m = _SPEC.match(text)
+    if m is None:
+        raise PsflError(f"unknown device {text!r}: expected auto, cpu, cuda or cuda:N")
+    if text == "cpu" or (text == "auto" and not torch.cuda.is_available()):
+        return CPU
+    if not torch.cuda.is_available():
+        raise PsflError(f"device {text} requested but CUDA is not available ({_no_cuda_reason()})")
+    count = torch.cuda.device_count()
+    index = int(m.group(2)) if m.group(2) is not None else torch.cuda.current_device()
+    if index >= count:
+        raise PsflError(f"device {text} requested but only {count} CUDA device(s) are visible "
+                        f"(cuda:0 to cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_DEVICE) -> None:
+    """``--device auto|cpu|cuda[:i]`` (default ``cpu``). Resolve it with
+    :func:`resolve_device` in the command, so a bad value is a one-line error (exit 2)."""
+    parser.add_argument("--device", default=default, metavar="auto|cpu|cuda[:i]",
+                        help=f"where models, data, channel noise and metrics run (default {default}; "
+                             "auto = cuda if available)")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device | str) -> dict[str, Any]:
+    """Provenance of ``device`` for run records: ``device``, ``type``, ``name`` (GPU or
+    CPU model), ``torch``, ``cuda`` (toolkit torch was built with, None if none),
+    ``threads`` (torch CPU threads) and, on a GPU, ``capability``, ``memory_gib``,
+    ``cudnn``."""
+    dev = resolve_device(device)
+    info: dict[str, Any] = {"device": str(dev), "type": dev.type, "torch": str(torch.__version__),
+                            "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info.update(name=torch.cuda.get_device_name(dev), capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
+    else:
+        info["name"] = _cpu_name()
+    return info
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (cpu for a module with none)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return CPU
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` (no copy if already there; asynchronous from pinned memory)."""
+    return t.to(device, non_blocking=True)
+
+
+def _draw_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else CPU
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype | None = None,
+          device: torch.device | None = None) -> Tensor:
+    """N(0, 1) of ``shape`` drawn on the generator's device (the CPU global RNG when
+    ``generator`` is None) and then moved to ``device``: the values depend on the seed
+    only, not on ``device``."""
+    out = torch.randn(shape, generator=generator, dtype=dtype, device=_draw_device(generator))
+    return out if device is None else out.to(device)
+
+
+def rand(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype | None = None,
+         device: torch.device | None = None) -> Tensor:
+    """U[0, 1) of ``shape``, drawn like :func:`randn` (seed-determined, device-independent)."""
+    out = torch.rand(shape, generator=generator, dtype=dtype, device=_draw_device(generator))
+    return out if device is None else out.to(device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = CPU) -> Iterator[None]:
+    """Seed torch's global RNG of the CPU and of ``device`` (when CUDA) for the block and
+    restore both afterwards: for what cannot take a generator (``nn.init``, dropout)."""
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
