@@ -28,6 +28,8 @@ def summarize(method: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "global_accuracy": last["global"]["accuracy"],
         "global_loss": last["global"].get("loss", float("nan")),
         "global_psnr": last["global"].get("psnr", float("nan")),
+        "global_ssim": last["global"].get("ssim", float("nan")),
+        "loss_clf_accuracy": last["global"].get("loss_clf_accuracy", float("nan")),
         "mean_local_accuracy": last["mean_local_acc"],
         "energy_total_j": float(np.sum(energy)),
         "energy_per_round_j": float(np.mean(energy)),
@@ -79,13 +81,16 @@ def plot_compare(results: dict[str, list[dict[str, Any]]], out: Path, num_client
     return paths
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
+def write_tables(rows: list[dict[str, Any]], out: Path,
+                 baselines: dict[str, dict[str, float]] | None = None) -> tuple[Path, Path]:
     csv_path, md_path = out / "summary.csv", out / "summary.md"
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    cols = [("method", "method", "{}"), ("global_accuracy", "global acc", "{:.4f}"),
+    cols = [("method", "method", "{}"), ("global_accuracy", "global acc (scorer)", "{:.4f}"),
+            ("global_psnr", "PSNR (dB)", "{:.2f}"), ("global_ssim", "SSIM", "{:.4f}"),
+            ("loss_clf_accuracy", "acc (loss clf)", "{:.4f}"),
             ("mean_local_accuracy", "mean local acc", "{:.4f}"), ("global_loss", "global loss", "{:.4f}"),
             ("energy_total_j", "energy total (J)", "{:.3f}"), ("energy_per_round_j", "energy/round (J)", "{:.4f}"),
             ("upload_bits_per_client", "upload bits/client/round", "{:,.0f}"),
@@ -93,12 +98,15 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in cols) + " |")
+    if baselines:
+        lines += ["", "Trivial reconstructions of the same test images (PSNR / SSIM): " + "; ".join(
+            f"{k.replace('_', '-')} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for k, v in baselines.items())]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
 
 def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = True,
-            resume: bool = False) -> tuple[list[dict[str, Any]], list[Path]]:
+            resume: bool = False, device: Any = "cpu") -> tuple[list[dict[str, Any]], list[Path]]:
     """Run every method (same data partition, evaluator, seed and SNR trace) into
     ``out/<method>/`` and write the comparison plots and tables into ``out``."""
     from psfl.methods import METHODS, build_env
@@ -108,13 +116,14 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
     if unknown or not methods:
         raise PsflError(f"unknown method(s) {unknown}; known: {', '.join(METHODS.names())}")
     out.mkdir(parents=True, exist_ok=True)
-    env = build_env(cfg, progress=progress)
+    env = build_env(cfg, progress=progress, device=device)
     results: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         mcfg = replace(cfg, method=m)
         env.cfg = mcfg
         results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env).records
     rows = [summarize(m, recs) for m, recs in results.items()]
-    paths = list(write_tables(rows, out)) + plot_compare(results, out, cfg.data.num_clients)
+    paths = list(write_tables(rows, out, env.provenance.get("baselines"))) + plot_compare(results, out,
+                                                                                          cfg.data.num_clients)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     return rows, paths

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from psfl.cli import command
+from psfl.device import add_device_argument
 
 DEFAULT = "psfl,fedavg,stc,fttq,fedpaq"
 
@@ -19,6 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--resume", action="store_true", help="continue methods from their checkpoints")
     p.add_argument("--no-progress", action="store_true")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides) + data_overrides(args))
     announce_data(cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume)
+    from psfl.device import resolve_device
+
+    rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume,
+                          device=resolve_device(args.device))
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

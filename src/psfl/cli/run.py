@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from psfl.cli import command
+from psfl.device import add_device_argument
 
 
 @command("run", help="Run federated training (default: PSFL on the bundled Fashion-MNIST sample)")
@@ -18,6 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="continue a run from its last complete round; --set rounds=N extends it "
                         "(no other field may change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(p)
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
@@ -56,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else new_run_dir("runs", cfg.method)
     announce_data(cfg)
+    from psfl.device import resolve_device
+
+    device = resolve_device(args.device)  # a bad device exits 2 before any work
     result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                           command=["psfl", *sys.argv[1:]])
+                           command=["psfl", *sys.argv[1:]], device=device)
     paths = write_report(result.records, run_dir)
     print(format_table(summary_rows(result.records, run_dir)))
     print(f"run directory: {run_dir}  (metrics.jsonl, checkpoint.pt, config.toml, provenance.json, "

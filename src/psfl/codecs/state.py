@@ -33,6 +33,7 @@ def encode_state(tensors: Mapping[str, Tensor] | Sequence[Tensor], codec_for: Co
     items = tensors.items() if isinstance(tensors, Mapping) else ((str(i), t) for i, t in enumerate(tensors))
     out = bytearray()
     for key, t in items:
+        t = t.detach().cpu()  # the wire is host bytes, whatever device trained the model
         name, params = codec_for(key, t)
         codec = CODECS.get(name)
         payload = codec.encode(t, **params)

@@ -68,7 +68,7 @@ class SemanticBridge(nn.Module):
         self.proj_C = nn.Identity() if self.same else nn.Linear(student_dim, mentor_dim, bias=False)
 
     @staticmethod
-    def _apply(proj: nn.Module, t: Tensor, frozen: bool) -> Tensor:
+    def _project(proj: nn.Module, t: Tensor, frozen: bool) -> Tensor:
         if isinstance(proj, nn.Identity):
             return t
         w = proj.weight.detach() if frozen else proj.weight
@@ -90,7 +90,7 @@ class SemanticBridge(nn.Module):
         else:
             Sm, Cm = Sm.detach(), Cm.detach()
         frozen = not for_mentor
-        return Sm, self._apply(self.proj_S, Ss, frozen), Cm, self._apply(self.proj_C, Cs, frozen)
+        return Sm, self._project(self.proj_S, Ss, frozen), Cm, self._project(self.proj_C, Cs, frozen)
 
 
 def adaptive_semantic_loss(S_m: Tensor, S_s: Tensor, C_m: Tensor, C_s: Tensor,

@@ -82,6 +82,7 @@ class FederatedEnv:
     test_y: Tensor
     input: Any  # ResolvedInput (for de-normalising)
     channel: nn.Module  # the configured channel (Eq. 6), installed in every model
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # models and client data
     mse_scale: float = 1.0  # weight of MSE(m, m_hat) in model space (train.mse_weight / mse_space)
     class_counts: np.ndarray | None = None
     provenance: dict[str, Any] = field(default_factory=dict)  # data, partition, evaluators, baselines
@@ -96,11 +97,12 @@ class FederatedEnv:
                 torch.manual_seed(derive_seed(self.cfg.seed, 0xA11, *map(ord, preset)))
                 m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
             m.channel = self.channel
-            self._pool[preset] = m
+            self._pool[preset] = m.to(self.device)
         return self._pool[preset]
 
     def fresh_state(self, preset: str, *seed_parts: int) -> dict[str, Tensor]:
-        """Initial weights of ``preset`` drawn under a seed derived from ``seed_parts``."""
+        """Initial weights of ``preset`` drawn under a seed derived from ``seed_parts`` (CPU
+        tensors: server-side states stay on the CPU; models load them onto their device)."""
         from psfl.models import create_model
 
         with torch.random.fork_rng(devices=[]):
@@ -286,9 +288,11 @@ def state_digest(state: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
+def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device = "cpu") -> FederatedEnv:
     """Data, partition, the two frozen classifiers, the channel, the global test subset
-    and the trivial baselines for a run (deterministic)."""
+    and the trivial baselines for a run (deterministic). ``device``: where models,
+    classifiers and client data live (``psfl.device.resolve_device``); every random draw
+    stays on CPU generators, so a seed gives the same draws on every device."""
     from dataclasses import asdict
 
     from psfl import data as D
@@ -298,6 +302,9 @@ def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
     from psfl.models import MODELS
     from psfl.train import mse_scale_for
 
+    from psfl.device import resolve_device
+
+    dev = resolve_device(device)
     d = cfg.data
     ds = D.load_dataset(d.dataset, source=d.source, data_dir=d.data_dir)
     student_preset = cfg.model.student or f"{cfg.model.family}-CSC"
@@ -317,9 +324,12 @@ def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
                 keep = torch.randperm(len(idx), generator=make_generator(cfg.seed, 0x10C, k))
                 local_test[k] = np.sort(idx[keep[: d.local_eval_samples].numpy()])
     clients = D.client_datasets(prepared, part, test_indices=local_test)
+    for c in clients:
+        c.x, c.y, c.x_test, c.y_test = (t.to(dev) for t in (c.x, c.y, c.x_test, c.y_test))
     ev = cfg.evaluator
     common = dict(dataset=d.dataset, source=d.source, data_dir=d.data_dir, input_preset=spec.name,
-                  cache_dir=ev.cache_dir or None, train_if_missing=True, progress=progress, dataset_obj=ds)
+                  cache_dir=ev.cache_dir or None, train_if_missing=True, progress=progress, dataset_obj=ds,
+                  device=dev)
     loss_clf = _frozen(load_evaluator(arch=ev.arch, epochs=ev.epochs, seed=ev.seed,
                                       checkpoint=ev.checkpoint or None, **common))
     scorer = _frozen(load_evaluator(arch=ev.score_arch, epochs=ev.score_epochs, seed=ev.score_seed,
@@ -351,7 +361,7 @@ def build_env(cfg: RunConfig, progress: bool = True) -> FederatedEnv:
     return FederatedEnv(
         cfg=cfg, clients=clients, volumes=[int(c.x.shape[0]) for c in clients], loss_classifier=loss_clf,
         scorer=scorer, img_size=res.size, in_chans=res.channels, num_classes=ds.num_classes,
-        test_x=x_test, test_y=y_test, input=res, channel=channel, mse_scale=mse_scale,
+        test_x=x_test, test_y=y_test, input=res, channel=channel, device=dev, mse_scale=mse_scale,
         class_counts=part.class_counts, provenance=provenance,
     )
 

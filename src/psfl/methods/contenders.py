@@ -206,8 +206,8 @@ class FTTQ(SingleModelMethod):
     def local_state(self, model: nn.Module) -> dict[str, Tensor]:
         assert self._wrapped is not None
         with torch.no_grad():
-            tern = {k: v.detach().clone() for k, v in self._wrapped.weights().items()}
-        return {**{k: v.detach().clone() for k, v in self.net.state_dict().items()}, **tern}
+            tern = {k: v.detach().cpu().clone() for k, v in self._wrapped.weights().items()}
+        return {**{k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}, **tern}
 
     def encode_up(self, cid, state, local, start, generator) -> bytes:
         tern = set(self.tern_keys)

@@ -125,7 +125,7 @@ class PSFL(FederatedMethod):
             mentor = self.env.model(self.env.preset(tier))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)
-                self.bridges[tier] = SemanticBridge(self.student.sem_dim, mentor.sem_dim)
+                self.bridges[tier] = SemanticBridge(self.student.sem_dim, mentor.sem_dim).to(self.env.device)
         return self.bridges[tier]
 
     def init_client(self, cid: int) -> dict[str, Any]:
@@ -144,6 +144,7 @@ class PSFL(FederatedMethod):
         student, mentor = self.student, env.model(env.preset(state["tier"]))
         bridge = self._bridge(state["tier"])
         down, mask = decode_masked(payload, self.template, self.mask_keys)
+        mask = {k: m.to(env.device) for k, m in mask.items()}
         student.load_state_dict({**self.template, **down})
         mentor.load_state_dict(state["mentor"])
         bridge.load_state_dict(state["bridge"])

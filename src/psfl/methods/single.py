@@ -131,7 +131,7 @@ class SingleModelMethod(FederatedMethod):
         return ClientResult(upload, metrics)
 
     def local_state(self, model: nn.Module) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
 
 
 @METHODS.register("fedavg")

@@ -52,7 +52,7 @@ def decode_model(payload: bytes, template: dict[str, Tensor]) -> dict[str, Tenso
 def encode_masked(state: dict[str, Tensor], mask: dict[str, Tensor]) -> bytes:
     """Mask bits (prunable entries, in ``mask`` order) + kept values + the other entries."""
     mkeys = list(mask)
-    bits = np.packbits(torch.cat([mask[k].reshape(-1) for k in mkeys]).numpy().astype(bool))
+    bits = np.packbits(torch.cat([mask[k].reshape(-1).cpu() for k in mkeys]).numpy().astype(bool))
     values = {}
     for k in wire_keys(state):
         v = state[k].detach().float()

@@ -90,7 +90,8 @@ def _dumps(record: dict[str, Any]) -> str:
 def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                   env: FederatedEnv | None = None,
                   on_round: Callable[[dict[str, Any]], None] | None = None,
-                  stop_after: int | None = None, command: list[str] | None = None) -> RunResult:
+                  stop_after: int | None = None, command: list[str] | None = None,
+                  device: str | torch.device = "cpu") -> RunResult:
     """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method`` into ``run_dir``.
 
     A fresh run writes ``config.toml`` and ``provenance.json`` (code, machine, data and
@@ -102,14 +103,14 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = env or build_env(cfg, progress=progress)
+    env = env or build_env(cfg, progress=progress, device=device)
     method = METHODS.get(cfg.method)(env, cfg.options_for(cfg.method))
     K = cfg.data.num_clients
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
     prov = run_provenance(cfg, env, command)
     if resume and ckpt_path.exists():
         check_same_data(run_dir, prov)
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=env.device)
         method.load_server_state(ckpt["server"])
         client_states = ckpt["clients"]
         start = int(ckpt["round"])
@@ -208,11 +209,12 @@ def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None 
 
     from psfl import __version__
 
-    device = next(iter(env.scorer.parameters())).device
+    from psfl.device import device_info
+
     runtime = {
         "psfl_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
-        "device": str(device), "threads": torch.get_num_threads(),
+        "device": str(env.device), "device_info": device_info(env.device), "threads": torch.get_num_threads(),
         "command": list(command) if command is not None else list(sys.argv),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
