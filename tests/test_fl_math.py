@@ -4,12 +4,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from psfl.fl.agp import (apply_mask, mask_parameters_, prunable_keys, pruned_share, pruning_ratio,
                          update_mask)
 from psfl.fl.aggregate import fedavg
 from psfl.fl.energy import communication_energy, link_cost, round_snrs, transmission_delay, uplink_rate
 from psfl.fl.mentors import assign_mentors
+from psfl.models import create_model
 
 
 def test_fedavg_weighted_by_num_samples_including_buffers():
@@ -39,16 +41,52 @@ def _state(seed=0):
             "fc.weight": torch.randn(10, 8, generator=g), "bn.num_batches_tracked": torch.tensor(3)}
 
 
-def test_prunable_keys_are_weight_tensors_only():
-    st = _state()
-    assert prunable_keys(st) == ["conv.weight", "fc.weight"]
-    assert "conv.bias" in prunable_keys(st, prune_biases=True)
-    assert "bn.weight" not in prunable_keys(st, prune_biases=True)
+class _Misnamed(nn.Module):
+    """Names that lie about the type: structure must be read from modules, not keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn_proj = nn.Linear(4, 4)  # a linear layer whose name says "bn"
+        self.norm_up = nn.ConvTranspose2d(4, 2, 2)  # a transposed conv whose name says "norm"
+        self.conv_out = nn.BatchNorm2d(2)  # a BatchNorm whose name says "conv"
+        self.head = nn.Sequential(nn.LayerNorm(8), nn.GroupNorm(2, 4), nn.Linear(8, 3, bias=False))
+
+
+def test_prunable_keys_by_module_type_not_name():
+    m = _Misnamed()
+    assert prunable_keys(m) == ["conv.weight", "bn_proj.weight", "norm_up.weight", "head.2.weight"]
+    assert prunable_keys(m, prune_biases=True) == [
+        "conv.weight", "conv.bias", "bn_proj.weight", "bn_proj.bias", "norm_up.weight", "norm_up.bias",
+        "head.2.weight"]
+
+
+@pytest.mark.parametrize("preset", ["tiny-CSC", "cpu-CSC"])
+def test_prunable_keys_on_the_csc_never_touch_batchnorm(preset):
+    model = create_model(preset, img_size=28, in_chans=1)
+    keys = prunable_keys(model, prune_biases=True)
+    bn = {f"{name}.{k}" for name, mod in model.named_modules()
+          if isinstance(mod, nn.modules.batchnorm._BatchNorm) for k in mod.state_dict()}
+    assert "layer2.0.downsample.1.bias" in bn and "bn1.running_var" in bn  # the layout this test assumes
+    assert not bn & set(keys)
+    # conv/linear weights: every >= 2-d tensor of the CSC; biases: the three transposed convolutions
+    assert [k for k in keys if not k.endswith(".bias")] == prunable_keys(model) == [
+        k for k, v in model.state_dict().items() if v.ndim >= 2]
+    assert [k for k in keys if k.endswith(".bias")] == ["decoder.0.bias", "decoder.2.bias", "decoder.4.bias"]
+
+
+def test_prunable_keys_on_the_gsc_skip_layernorms_and_tokens():
+    keys = prunable_keys(create_model("tiny-M", img_size=28, in_chans=1), prune_biases=True)
+    assert "blocks.0.attn.qkv.weight" in keys and "blocks.0.attn.qkv.bias" in keys
+    assert not [k for k in keys if "norm" in k or "token" in k]  # LayerNorms; cls/mask tokens
+
+
+KEYS = ["conv.weight", "fc.weight"]  # the weight tensors of _state()
 
 
 def test_magnitude_pruning_exact_share_and_smallest_removed():
     st = _state()
-    keys = prunable_keys(st)
+    keys = KEYS
     g = torch.Generator().manual_seed(0)
     mask = update_mask(st, None, 0.3, keys, g)
     n = sum(st[k].numel() for k in keys)
@@ -71,7 +109,7 @@ def test_no_layer_collapse_when_one_layer_has_a_small_scale():
 
 def test_more_pruning_keeps_old_mask_and_regrowth_is_random_and_seeded():
     st = _state()
-    keys = prunable_keys(st)
+    keys = KEYS
     g = torch.Generator().manual_seed(0)
     m1 = update_mask(st, None, 0.3, keys, g)
     st1 = apply_mask(st, m1)

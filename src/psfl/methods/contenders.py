@@ -157,7 +157,7 @@ class FTTQ(SingleModelMethod):
     def __init__(self, env: FederatedEnv, options: dict[str, Any] | None = None) -> None:
         super().__init__(env, options)
         self.t = float(self.options.get("t", 0.05))
-        self.tern_keys = [k for k in prunable_keys(self.template) if k in dict(self.net.named_parameters())]
+        self.tern_keys = [k for k in prunable_keys(self.net) if k in dict(self.net.named_parameters())]
         self.keys = wire_keys(self.template)
         self._wrapped: _TernaryWeights | None = None
 
