@@ -132,14 +132,29 @@ def test_mask_held_in_place():
     assert torch.equal(p["w"], torch.eye(2))
 
 
+# Hand values of Eq. 12 at SNRs where dB and linear differ (at 10 dB they coincide,
+# 10 log10 10 = 10, so a dB-as-linear bug would pass there): psi = 10^(dB/10).
+# (snr_db, psi by hand): 0 dB -> 1, 3 dB -> 10^0.3 = 1.99526..., 20 dB -> 100.
+RATE_CASES = [(0.0, 1.0), (3.0, 1.9952623149688795), (20.0, 100.0)]
+
+
+@pytest.mark.parametrize("snr_db,psi", RATE_CASES)
+def test_uplink_rate_eq12_uses_linear_snr(snr_db, psi):
+    # float64 end to end (math.log2 on Python floats): 1e-12 relative covers libm rounding
+    assert uplink_rate(1e6, snr_db) == pytest.approx(1e6 * math.log2(1.0 + psi), rel=1e-12)
+
+
 def test_energy_eqs_12_14_hand_computation():
-    # 10 dB -> psi = 10 (linear), v = B log2(11)
-    assert uplink_rate(1e6, 10.0) == pytest.approx(1e6 * math.log2(11.0))
-    assert uplink_rate(1e6, 0.0) == pytest.approx(1e6)  # psi = 1 -> log2(2) = 1
+    assert uplink_rate(1e6, 0.0) == pytest.approx(1e6, rel=1e-12)  # psi = 1 -> log2(2) = 1
+    assert uplink_rate(2e6, 20.0) == pytest.approx(2e6 * 6.658211482751795, rel=1e-12)  # log2(101)
     assert transmission_delay(8000, 4000.0) == 2.0
-    assert communication_energy(0.1, 2.0) == pytest.approx(0.2)
-    c = link_cost(b"\x00" * 1000, 0.0, 1e6, 0.1)
-    assert c.bits == 8000 and c.delay_s == pytest.approx(8e-3) and c.energy_j == pytest.approx(8e-4)
+    assert communication_energy(0.1, 2.0) == pytest.approx(0.2, rel=1e-12)
+    c = link_cost(b"\x00" * 1000, 0.0, 1e6, 0.1)  # Z = 8000 bits at 1 Mbit/s: 8 ms, 0.8 mJ
+    assert c.bits == 8000 and c.delay_s == pytest.approx(8e-3, rel=1e-12)
+    assert c.energy_j == pytest.approx(8e-4, rel=1e-12)
+    c = link_cost(b"\x00" * 1000, 20.0, 1e6, 0.1)
+    assert c.rate_bps == pytest.approx(1e6 * 6.658211482751795, rel=1e-12)
+    assert c.energy_j == pytest.approx(0.1 * 8000 / (1e6 * 6.658211482751795), rel=1e-12)
 
 
 def test_snr_trace_seeded_and_in_range():
