@@ -36,7 +36,8 @@ def test_topk_keeps_exactly_k_largest(shape, p, seed):
     assert int(kept.sum()) == k
     assert torch.equal(torch.sign(t[kept]), torch.sign(x[kept]))
     assert torch.all(t[kept].abs() == mu)
-    assert mu == pytest.approx(float(x[kept].abs().mean()), rel=1e-6)
+    # float64 oracle; mu is a float32 mean of up to 9^4 terms (~1e-6 relative error)
+    assert mu == pytest.approx(float(x[kept].double().abs().mean()), rel=1e-5)
     if k < x.numel():  # every kept magnitude >= every dropped one
         assert float(x[kept].abs().min()) >= float(x[~kept].abs().max())
 
@@ -62,7 +63,7 @@ def test_qsgd_levels_are_neighbours_and_seeded():
     s = 4
     norm, signs, levels = qsgd_quantize(v, s, torch.Generator().manual_seed(1))
     r = v.abs() / norm * s
-    assert norm == pytest.approx(float(v.norm()))
+    assert norm == pytest.approx(float(v.double().norm()), rel=1e-5)  # float32 norm of 500 terms vs float64
     assert torch.all((levels == torch.floor(r).int()) | (levels == torch.ceil(r).int()))
     assert int(levels.min()) >= 0 and int(levels.max()) <= s
     assert torch.equal(signs, torch.sign(v).to(torch.int8))

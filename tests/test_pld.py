@@ -11,17 +11,44 @@ from psfl.fl.pld import (SemanticBridge, adaptive_distillation_loss, adaptive_se
 from psfl.models.base import SCOutput
 
 
-def test_kd_kl_hand_computation():
-    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = [1/4, 3/4]
-    target = torch.tensor([[0.0, 0.0]])  # q = [1/2, 1/2]
-    want = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)  # KL(q || p)
-    assert kd_kl(logits, target).item() == pytest.approx(want, rel=1e-6)
-    # temperature: KL of softened distributions times T^2
-    T = 2.0
-    p = F.softmax(logits / T, -1)[0]
-    q = F.softmax(target / T, -1)[0]
-    want_t = float((q * (q / p).log()).sum()) * T * T
-    assert kd_kl(logits, target, T).item() == pytest.approx(want_t, rel=1e-6)
+def _kl(q: list[float], p: list[float]) -> float:
+    """KL(q || p) in float64, by the definition."""
+    return sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
+
+
+def _softmax_of_logs(weights: list[float], T: float = 1.0) -> list[float]:
+    """softmax(log(w) / T) = w^(1/T) / sum w^(1/T), in closed form."""
+    a = [w ** (1.0 / T) for w in weights]
+    return [x / sum(a) for x in a]
+
+
+# Two rows of asymmetric distributions, given by their unnormalised weights.
+MODEL_W = [[1.0, 2.0, 5.0], [4.0, 4.0, 1.0]]  # p (the model being trained)
+TARGET_W = [[3.0, 1.0, 4.0], [1.0, 2.0, 6.0]]  # q (the detached target)
+# float32 log-probabilities of magnitude <= 3 carry ~1e-7 absolute error each on any CPU;
+# the KL sums three such terms per row, so 2e-6 absolute is a safe bound (the swapped
+# direction differs by > 1e-2, checked below).
+KL_TOL = 2e-6
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_kd_kl_is_kl_of_target_from_model_times_t2(T):
+    logits = torch.tensor([[math.log(w) for w in row] for row in MODEL_W])
+    target = torch.tensor([[math.log(w) for w in row] for row in TARGET_W])
+    p = [_softmax_of_logs(r, T) for r in MODEL_W]
+    q = [_softmax_of_logs(r, T) for r in TARGET_W]
+    want = T * T * sum(_kl(qi, pi) for qi, pi in zip(q, p)) / 2  # batch mean of KL(q || p)
+    swapped = T * T * sum(_kl(pi, qi) for qi, pi in zip(q, p)) / 2  # KL(p || q): the wrong direction
+    assert abs(want - swapped) > 5e-3  # the case tells the two directions apart
+    assert kd_kl(logits, target, T).item() == pytest.approx(want, abs=KL_TOL)
+
+
+def test_kd_kl_worked_by_hand():
+    # p = [1, 2, 5] / 8, q = [3, 1, 4] / 8:
+    # KL(q || p) = 3/8 ln 3 + 1/8 ln(1/2) + 4/8 ln(4/5) = 0.2137644 (KL(p || q) = 0.1754...)
+    logits = torch.tensor([[0.0, math.log(2.0), math.log(5.0)]])
+    target = torch.tensor([[math.log(3.0), 0.0, math.log(4.0)]])
+    assert kd_kl(logits, target).item() == pytest.approx(0.2137644, abs=KL_TOL)
 
 
 def test_adaptive_distillation_divides_by_other_task_loss():

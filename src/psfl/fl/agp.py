@@ -1,9 +1,10 @@
 """Adaptive Global Pruning (AGP), Section III-B, Eq. 22, Algorithm 2.
 
 The server prunes the aggregated student by a ratio zeta_t set by the round's SNRs:
-global magnitude pruning (on layer-normalised magnitudes) of the weight tensors (not BatchNorm statistics, not biases
-by default). When zeta_t falls, randomly chosen pruned positions are regrown (seeded)
-until the pruned share equals zeta_t. The mask travels with the model and is held
+global magnitude pruning (on layer-normalised magnitudes) of the conv/linear weight
+tensors (never normalisation layers; biases only if asked; :func:`prunable_keys`). When
+zeta_t falls, randomly chosen pruned positions are regrown (seeded) until the pruned
+share equals zeta_t. The mask travels with the model and is held
 during local training, so uploads stay sparse.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def pruning_ratio(snrs_db: Sequence[float], psi_min_db: float, psi_max_db: float,
@@ -23,16 +24,31 @@ def pruning_ratio(snrs_db: Sequence[float], psi_min_db: float, psi_max_db: float
     return float(min(max(zeta, zeta_min), zeta_max))
 
 
-def prunable_keys(state: dict[str, Tensor], prune_biases: bool = False) -> list[str]:
-    """Weight tensors of conv/linear layers (ndim >= 2); biases only if asked. BatchNorm
-    weights/biases and statistics are never pruned."""
-    keys = []
-    for k, v in state.items():
-        if not v.is_floating_point():
+# Normalisation layers: their affine parameters and statistics are never pruned.
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def prunable_keys(model: nn.Module, prune_biases: bool = False) -> list[str]:
+    """State-dict keys AGP prunes: the weight matrices/kernels (``ndim >= 2``) of the
+    model's non-normalisation modules (conv, transposed conv, linear) and, if asked,
+    those modules' biases. Structure is read from module types, never from key names:
+    nothing of a BatchNorm/LayerNorm/GroupNorm (or other norm) layer is ever pruned.
+    Keys come in state-dict order (the mask's wire order)."""
+    chosen = set()
+    for name, m in model.named_modules():
+        if isinstance(m, _NORM_TYPES):
             continue
-        if v.ndim >= 2 or (prune_biases and k.endswith(".bias") and "bn" not in k and "norm" not in k):
-            keys.append(k)
-    return keys
+        prefix = f"{name}." if name else ""
+        w = m._parameters.get("weight")
+        if w is None or w.ndim < 2 or not w.is_floating_point():
+            continue
+        chosen.add(prefix + "weight")
+        if prune_biases and m._parameters.get("bias") is not None:
+            chosen.add(prefix + "bias")
+    return [k for k in model.state_dict() if k in chosen]
 
 
 def _flat(tensors: dict[str, Tensor], keys: list[str]) -> Tensor:

@@ -195,7 +195,7 @@ class FTTQ(SingleModelMethod):
     def __init__(self, env: FederatedEnv, options: FTTQOptions | None = None) -> None:
         super().__init__(env, options)
         self.t = self.options.t
-        self.tern_keys = [k for k in prunable_keys(self.template) if k in dict(self.net.named_parameters())]
+        self.tern_keys = prunable_keys(self.net)  # conv/linear weights (all are parameters)
         self.keys = wire_keys(self.template)
         self._wrapped: _TernaryWeights | None = None
 

@@ -77,7 +77,7 @@ class PSFL(FederatedMethod):
         self.student_preset = env.preset(cfg.model.student or "CSC")
         self.student = env.model(self.student_preset)
         self.template = env.fresh_state(self.student_preset, 0xB0B)  # same init for every method
-        self.mask_keys = prunable_keys(self.template, cfg.agp.prune_biases)
+        self.mask_keys = prunable_keys(self.student, cfg.agp.prune_biases)
         self.mentor_init: dict[str, dict[str, torch.Tensor]] = {}
         for tier in sorted(set(self.tiers) & set(cfg.model.mentor_init)):
             preset = env.preset(tier)
