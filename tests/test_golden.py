@@ -29,12 +29,14 @@ from psfl.runners.inprocess import run_federated
 from test_runner import tiny_overrides  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "psfl_tiny.json"
-EVALUATOR = Path(__file__).parent / "golden" / "evaluator_cnn.pt"
+EVALUATOR = Path(__file__).parent / "golden" / "evaluator_cnn.pt"  # the loss classifier
+SCORER = Path(__file__).parent / "golden" / "scorer_lenet.pt"  # the independent scorer (1 epoch, seed 1)
+PINNED = [f"evaluator.checkpoint='{EVALUATOR}'", f"evaluator.score_checkpoint='{SCORER}'"]
 REGEN = os.environ.get("PSFL_REGEN_GOLDEN") == "1"
 
 
 ROUND_KEYS = ("round", "zeta", "pruned_share", "downlink_bits", "upload_bits")
-GLOBAL_KEYS = ("accuracy", "loss", "psnr")
+GLOBAL_KEYS = ("accuracy", "loss_clf_accuracy", "loss", "psnr")
 CLIENT_KEYS = ("snr_db", "upload_bits", "energy_j", "mentor_acc", "student_acc",
                *(f"{who}_{t}" for who in ("mentor", "student") for t in ("ce", "mse", "dis", "sem", "total")))
 
@@ -66,7 +68,7 @@ TOLERANCE = {
     # swapping the KL direction moves them by 20-30 % in round 0
     "mentor_dis": (3e-2, 0.0), "student_dis": (3e-2, 0.0),
     # accuracies: a few test images may flip: 3 of the 64 global ones, 3 of ~128 local ones
-    "accuracy": (0.0, 0.05), "mentor_acc": (0.0, 0.025), "student_acc": (0.0, 0.025),
+    "accuracy": (0.0, 0.05), "loss_clf_accuracy": (0.0, 0.05), "mentor_acc": (0.0, 0.025), "student_acc": (0.0, 0.025),
 }
 
 
@@ -86,28 +88,29 @@ def _mismatches(got, want, path: str = "") -> list[str]:
     return []
 
 
-def _train_pinned_evaluator(tmp: Path) -> None:
+def _train_pinned(tmp: Path, arch: str, seed: int, dest: Path) -> None:
     from psfl.evaluate import train_evaluator
 
-    ev = train_evaluator("fashion_mnist", source="bundled", input_preset="native", arch="cnn", epochs=1,
-                         seed=0, cache_dir=tmp, progress=False)
-    shutil.copyfile(ev.info.path, EVALUATOR)
+    ev = train_evaluator("fashion_mnist", source="bundled", input_preset="native", arch=arch, epochs=1,
+                         seed=seed, cache_dir=tmp, progress=False)
+    shutil.copyfile(ev.info.path, dest)
 
 
 def _golden_run(tmp: Path) -> list[dict]:
-    over = tiny_overrides(tmp / "cache", rounds=2) + ["data.source='bundled'", f"evaluator.checkpoint='{EVALUATOR}'"]
+    over = tiny_overrides(tmp / "cache", rounds=2) + ["data.source='bundled'", *PINNED]
     return _digest(run_federated(load_config(None, over), tmp / "run", progress=False).records)
 
 
 def test_seeded_run_matches_golden_log(tmp_path):
     if REGEN:
-        if not EVALUATOR.exists():
-            _train_pinned_evaluator(tmp_path / "evaluator")
+        for path, arch, seed in ((EVALUATOR, "cnn", 0), (SCORER, "lenet", 1)):
+            if not path.exists():
+                _train_pinned(tmp_path / "evaluator", arch, seed, path)
         got = _golden_run(tmp_path)
         assert not _mismatches(got, got)  # KeyError: a digest key without a stated tolerance
         GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
         pytest.skip(f"PSFL_REGEN_GOLDEN=1: {GOLDEN.name} regenerated; review its diff")
-    for path in (GOLDEN, EVALUATOR):
+    for path in (GOLDEN, EVALUATOR, SCORER):
         if not path.exists():
             pytest.fail(f"{path} is missing; regenerate deliberately with PSFL_REGEN_GOLDEN=1")
     want = json.loads(GOLDEN.read_text())

@@ -5,7 +5,7 @@ import pytest
 from psfl.config import load_config
 from psfl.runners.inprocess import run_federated
 
-from test_golden import EVALUATOR  # noqa: E402  (the pinned 1-epoch CNN, clean accuracy 0.776)
+from test_golden import PINNED  # noqa: E402  (the pinned 1-epoch CNN, clean accuracy 0.776)
 from test_runner import tiny_overrides  # noqa: E402
 
 THRESHOLD = 0.40  # 4x chance; measurements in the test's docstring
@@ -39,7 +39,7 @@ def test_tiny_federated_run_learns(method, tmp_path):
     """
     rounds, extra = RUNS[method]
     over = tiny_overrides(tmp_path / "cache", rounds=rounds, method=method) + extra + [
-        "seed=0", "train.local_steps=30", "data.eval_samples=256", f"evaluator.checkpoint='{EVALUATOR}'"]
+        "seed=0", "train.local_steps=30", "data.eval_samples=256", *PINNED]
     records = run_federated(load_config(None, over), tmp_path / "run", progress=False).records
     assert len(records) == rounds
     final = global_accuracy(records[-1])

@@ -7,14 +7,18 @@ from torch import nn
 from psfl.config import load_config
 from psfl.methods import METHODS, FederatedEnv
 from psfl.methods.base import Upload
+from psfl.methods.contenders import STCOptions
 from psfl.methods.wire import encode_model
 
 
 def _env(method: str, num_clients: int = 3) -> FederatedEnv:
     """What a method's constructor reads (config, presets, N_k), without data or evaluator."""
     cfg = load_config(None, [f'method="{method}"', "model.family='tiny'", f"data.num_clients={num_clients}"])
-    return FederatedEnv(cfg=cfg, clients=[], volumes=[1] * num_clients, evaluator=nn.Identity(), img_size=28,
-                        in_chans=1, num_classes=10, test_x=torch.zeros(0), test_y=torch.zeros(0), input=None)
+    from psfl.channel import create_channel
+
+    return FederatedEnv(cfg=cfg, clients=[], volumes=[1] * num_clients, loss_classifier=nn.Identity(),
+                        scorer=nn.Identity(), img_size=28, in_chans=1, num_classes=10, test_x=torch.zeros(0),
+                        test_y=torch.zeros(0), input=None, channel=create_channel("awgn"))
 
 
 def _floating(state):
@@ -23,7 +27,7 @@ def _floating(state):
 
 @pytest.mark.parametrize("method", ["fedavg", "fedavg-csc", "psfl", "psfl-no-agp"])
 def test_server_weights_uploads_by_num_samples(method):
-    m = METHODS.get(method)(_env(method), {})
+    m = METHODS.get(method)(_env(method))
     m.init_server()
     template = _floating(m.global_state)
     values, sizes = [1.0, 3.0, 0.0], [1, 3, 4]  # Eq. 10: (1*1 + 3*3 + 4*0) / 8 = 1.25 (uniform: 4/3)
@@ -48,7 +52,7 @@ def _random_update(keys, like, g):
 
 
 def test_stc_client_accumulates_what_it_did_not_send():
-    m = METHODS.get("stc")(_env("stc"), {"p": 0.05})
+    m = METHODS.get("stc")(_env("stc"), STCOptions(p=0.05))
     m.init_server()
     state = m.init_client(0)
     start = _floating(m.global_state)
@@ -67,7 +71,7 @@ def test_stc_client_accumulates_what_it_did_not_send():
 
 
 def test_stc_server_accumulates_what_it_did_not_broadcast():
-    m = METHODS.get("stc")(_env("stc"), {"p": 0.05})
+    m = METHODS.get("stc")(_env("stc"), STCOptions(p=0.05))
     m.init_server()
     client = m.init_client(0)
     start = {k: v.double() for k, v in _floating(m.global_state).items()}

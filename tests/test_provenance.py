@@ -70,7 +70,7 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         "channel.name": '"rayleigh"', "channel.equalizer": '"zf"', "channel.rician_k": "1.0",
         "channel.snr_trace": '"fixed"', "channel.snr_min_db": "5.0", "channel.snr_max_db": "15.0",
         "channel.eval_snr_db": "0.0",
-        "agp.enabled": "false", "agp.psi_min_db": "-5.0", "agp.psi_max_db": "30.0", "agp.zeta_min": "0.5",
+        "agp.enabled": "false", "agp.psi_min_db": "-5.0", "agp.psi_max_db": "30.0", "agp.zeta_min": "0.7",
         "agp.zeta_max": "0.6", "agp.prune_biases": "true",
         "energy.bandwidth_hz": "2e6", "energy.power_w": "0.2",
         "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "3", "evaluator.checkpoint": f'"{clf}"',
