@@ -51,7 +51,21 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class CompactCNN(nn.Module):
+class _SmallImageNet(nn.Module):
+    """``features`` then ``head``; inputs whose side is not ``work_size`` are first
+    area-resampled to it (large presets cost what a small image costs)."""
+
+    work_size: int
+    features: nn.Module
+    head: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
+        if x.shape[-1] != self.work_size:
+            x = F.adaptive_avg_pool2d(x, self.work_size)
+        return self.head(self.features(x))
+
+
+class CompactCNN(_SmallImageNet):
     """conv(w) pool | conv(2w) conv(2w) pool | conv(4w) conv(4w) pool | dropout linear.
 
     Inputs above ``work_size`` px (e.g. the 224 px imagenet224 preset) are first
@@ -70,11 +84,6 @@ class CompactCNN(nn.Module):
         side = self.work_size // 8
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * side * side, num_classes))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
-        if x.shape[-1] != self.work_size:
-            x = F.adaptive_avg_pool2d(x, self.work_size)
-        return self.head(self.features(x))
-
 
 @_register("cnn", "compact CNN (width 16), fast CPU default for small images")
 def _cnn(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
@@ -86,7 +95,7 @@ def _cnn_w32(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     return CompactCNN(in_chans, num_classes, img_size, width=32)
 
 
-class LeNetStyle(nn.Module):
+class LeNetStyle(_SmallImageNet):
     """conv5x5(32) relu maxpool | conv5x5(64) relu maxpool | linear(256) relu linear.
 
     LeCun-style network with no normalisation and no dropout: architecturally unlike
@@ -104,11 +113,6 @@ class LeNetStyle(nn.Module):
         side = self.work_size // 4
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 256), nn.ReLU(inplace=True),
                                   nn.Linear(256, num_classes))
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
-        if x.shape[-1] != self.work_size:
-            x = F.adaptive_avg_pool2d(x, self.work_size)
-        return self.head(self.features(x))
 
 
 @_register("lenet", "LeNet-style CNN (5x5 convs, no BatchNorm): the default independent scorer")
