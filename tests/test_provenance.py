@@ -186,7 +186,7 @@ def test_run_records_how_it_was_made(tmp_path, cache):
     assert ev["loss_classifier"]["arch"] == "cnn" and ev["scorer"]["arch"] == "lenet"
     assert ev["loss_classifier"]["weights_blake2b"] != ev["scorer"]["weights_blake2b"]
     for e in ev.values():
-        assert 0.5 < e["test_accuracy"] <= 1 and e["epochs"] == 1 and "seed" in e
+        assert 0.5 < e["test_accuracy"] <= 1 and e["epochs"] == 1 and "seed" in e and "AdamW" in e["recipe"]
     b = prov["baselines"]
     assert set(b) == {"constant", "dataset_mean", "class_mean"}
     assert b["constant"]["psnr"] < b["dataset_mean"]["psnr"] < b["class_mean"]["psnr"]

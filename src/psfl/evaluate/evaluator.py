@@ -47,6 +47,7 @@ class EvaluatorInfo:
     train_seconds: float
     path: str = ""
     device: str = "cpu"  # where it was trained, e.g. "cuda:0 (NVIDIA H200)"
+    recipe: str = ""  # the rest of how it was trained (optimiser, lr, batch, augmentation)
 
 
 def _info(fields: dict[str, Any]) -> EvaluatorInfo:
@@ -190,7 +191,9 @@ def train_evaluator(dataset: str, source: str = "auto", data_dir: str | None = N
                       epochs, seed, batch_size, lr, hflip)
     where = device_info(dev)
     info = EvaluatorInfo(arch, dataset, str(getattr(ds, "source", source)), fp, res.name, res.size, res.channels,
-                         num_classes, epochs, seed, acc, seconds, str(path), f"{where['device']} ({where['name']})")
+                         num_classes, epochs, seed, acc, seconds, str(path), f"{where['device']} ({where['name']})",
+                         f"AdamW one-cycle, max lr {lr:g}, weight decay 5e-4, batch {batch_size}, "
+                         f"hflip {bool(hflip)}, cross-entropy on the clean training split")
     _save(net, info, path)
     return load_classifier_checkpoint(path).to(dev)  # exactly what later runs will load
 
