@@ -31,7 +31,9 @@ from test_runner import tiny_overrides  # noqa: E402
 GOLDEN = Path(__file__).parent / "golden" / "psfl_tiny.json"
 EVALUATOR = Path(__file__).parent / "golden" / "evaluator_cnn.pt"  # the loss classifier
 SCORER = Path(__file__).parent / "golden" / "scorer_lenet.pt"  # the independent scorer (1 epoch, seed 1)
-PINNED = [f"evaluator.checkpoint='{EVALUATOR}'", f"evaluator.score_checkpoint='{SCORER}'"]
+# (epochs back at their defaults: with a checkpoint given they would be inert, and rejected)
+PINNED = [f"evaluator.checkpoint='{EVALUATOR}'", f"evaluator.score_checkpoint='{SCORER}'", "evaluator.epochs=3",
+          "evaluator.score_epochs=3"]
 REGEN = os.environ.get("PSFL_REGEN_GOLDEN") == "1"
 
 

@@ -5,14 +5,14 @@ import pytest
 from psfl.config import load_config
 from psfl.runners.inprocess import run_federated
 
-from test_golden import PINNED  # noqa: E402  (the pinned 1-epoch CNN, clean accuracy 0.776)
+from test_golden import PINNED  # noqa: E402  (the pinned 1-epoch loss classifier and scorer)
 from test_runner import tiny_overrides  # noqa: E402
 
 THRESHOLD = 0.40  # 4x chance; measurements in the test's docstring
 
 
 def global_accuracy(record: dict) -> float:
-    """The global model's evaluator accuracy in one round's record (one place to adapt)."""
+    """The global model's accuracy (independent scorer) in one round's record."""
     return record["global"]["accuracy"]
 
 
@@ -27,13 +27,14 @@ RUNS = {
 
 @pytest.mark.parametrize("method", list(RUNS))
 def test_tiny_federated_run_learns(method, tmp_path):
-    """Final global accuracy (256 test images at 10 dB; 3 clients, 30 local SGD steps of
-    16 per round), measured for seeds 0-4 before setting the threshold:
+    """Final global accuracy (the pinned independent scorer on 256 test images at 10 dB;
+    3 clients, 30 local SGD steps of 16 per round), measured for seeds 0-4 before setting
+    the threshold (`/tmp`-free script: loop this test's body over seed=0..4):
 
-        psfl   (8 rounds): 0.723 0.703 0.691 0.707 0.676   (min 0.676)
-        fedavg (4 rounds): 0.719 0.664 0.699 0.719 0.699   (min 0.664)
+        psfl   (8 rounds): 0.703 0.691 0.684 0.672 0.602   (min 0.602)
+        fedavg (4 rounds): 0.711 0.688 0.723 0.660 0.691   (min 0.660)
 
-    The threshold 0.40 is 4x chance and 0.26 below the lowest measured value, so float
+    The threshold 0.40 is 4x chance and 0.20 below the lowest measured value, so float
     drift on another CPU (a few images) cannot cross it; a run that does not learn
     (about 0.10) or half-learns does. The test runs seed 0.
     """

@@ -89,14 +89,26 @@ def _all_fields(cls=RunConfig, prefix=""):
             yield f"{prefix}{f.name}"
 
 
-def test_every_config_field_is_honoured_or_rejected(tmp_path, cache):
+SWEEP_METHODS = ["psfl"] + [pytest.param(m, marks=pytest.mark.slow) for m in
+                            ("psfl-no-pld", "psfl-no-agp", "fedavg", "fedavg-csc", "stc", "fttq", "fedpaq")]
+
+
+@pytest.mark.parametrize("method", SWEEP_METHODS)
+def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method):
     """A non-default value of each field either changes the run (metrics or recorded
-    provenance) or is rejected with exit 2; no field is silently inert."""
+    provenance) or is rejected with exit 2; no field is silently inert. PSFL runs by
+    default; the other methods (`make test-all`) check their ``unused_fields``."""
     values = _sweep_values(tmp_path, cache)
     fields = list(_all_fields())
     missing = [f for f in fields if f not in values]
     assert not missing, f"add a sweep value for {missing}"
-    base = tiny_overrides(cache, rounds=1)
+    if method != "psfl":
+        values["method"] = '"psfl"'  # a change of method must change the run
+        values["method_options"] = "{%s}" % {
+            "psfl-no-pld": '"psfl-no-pld" = {distill = false}', "psfl-no-agp": '"psfl-no-agp" = {distill = false}',
+            "fedavg": 'fedavg = {model = "L"}', "fedavg-csc": '"fedavg-csc" = {model = "M"}',
+            "stc": "stc = {p = 0.5}", "fttq": "fttq = {t = 0.2}", "fedpaq": "fedpaq = {s = 4}"}[method]
+    base = tiny_overrides(cache, rounds=1, method=method)
     over = {o.split("=", 1)[0]: o for o in base}
 
     def run(extra: list[str], name: str) -> tuple[int, str]:

@@ -181,7 +181,33 @@ class RunConfig:
         self._check_mentors()
         for name, table in self.method_options.items():
             method_options(name, table)  # raises naming the bad option
+        self._check_unused()
         return self
+
+    def _check_unused(self) -> None:
+        """A non-default value that the run would never read is rejected, naming the field
+        and why: settings made inert by another setting, and settings the run's method
+        does not use (``FederatedMethod.unused_fields``)."""
+        from psfl.methods import METHODS
+
+        default = RunConfig()
+        ev = self.evaluator
+        inert = [
+            ("train.local_steps", self.train.local_epochs > 0, "train.local_epochs > 0 sets the local budget"),
+            ("data.alpha", self.data.scheme != "dirichlet", "only the dirichlet scheme draws with alpha"),
+            ("evaluator.arch", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
+            ("evaluator.epochs", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
+            ("evaluator.seed", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
+            ("evaluator.score_arch", bool(ev.score_checkpoint), "evaluator.score_checkpoint gives the scorer"),
+            ("evaluator.score_epochs", bool(ev.score_checkpoint), "evaluator.score_checkpoint gives the scorer"),
+            ("evaluator.score_seed", bool(ev.score_checkpoint), "evaluator.score_checkpoint gives the scorer"),
+        ]
+        inert += [(f, True, f"method {self.method!r} does not read it with this config")
+                  for f in METHODS.get(self.method).unused_fields(self)]
+        for name, unused, why in inert:
+            if unused and _get(self, name) != _get(default, name):
+                raise PsflError(f"config field {name}: set to {_get(self, name)!r} but it has no effect here "
+                                f"({why}); remove it")
 
     def _check_names(self) -> None:
         """String fields that name a registry entry."""
@@ -252,6 +278,12 @@ class RunConfig:
 
 
 MSE_SPACES = ("standardized", "unit")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def method_options(method: str, table: dict[str, Any]) -> Any:

@@ -223,6 +223,12 @@ class FederatedMethod(ABC):
     name: str = ""
     Options: type[MethodOptions] = MethodOptions
 
+    @classmethod
+    def unused_fields(cls, cfg: RunConfig) -> list[str]:
+        """Dotted config fields this method never reads under ``cfg`` (a non-default value
+        there is rejected by ``RunConfig.validate`` instead of silently ignored)."""
+        return []
+
     def __init__(self, env: FederatedEnv, options: MethodOptions | None = None) -> None:
         self.env = env
         self.cfg = env.cfg

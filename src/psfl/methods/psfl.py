@@ -67,6 +67,20 @@ class PSFL(FederatedMethod):
     mentor_rule: str | None = None  # an ablation's fixed rule (None: model.mentor_rule)
     use_agp: bool = True  # False: the no-AGP ablation (agp.enabled is then ignored)
 
+    @classmethod
+    def unused_fields(cls, cfg) -> list[str]:
+        """AGP's settings when pruning is off; the distillation's when PLD is off; the
+        mentor assignment when an ablation fixes it."""
+        out = []
+        if not (cls.use_agp and cfg.agp.enabled):
+            out += ["agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases"]
+            out += [] if cls.use_agp else ["agp.enabled"]
+        if not cfg.options_for(cls.name).distill:
+            out += ["train.temperature", "train.eps"]
+        if cls.mentor_rule:
+            out += ["model.mentor_rule", "model.mentors"]
+        return out
+
     def __init__(self, env: FederatedEnv, options: PSFLOptions | None = None) -> None:
         super().__init__(env, options)
         cfg = self.cfg
@@ -79,6 +93,10 @@ class PSFL(FederatedMethod):
         self.template = env.fresh_state(self.student_preset, 0xB0B)  # same init for every method
         self.mask_keys = prunable_keys(self.student, cfg.agp.prune_biases)
         self.mentor_init: dict[str, dict[str, torch.Tensor]] = {}
+        unused = sorted(set(cfg.model.mentor_init) - set(self.tiers))
+        if unused:
+            raise PsflError(f"config field model.mentor_init.{unused[0]}: no client has a {unused[0]} mentor "
+                            f"(tiers here: {', '.join(self.tiers)})")
         for tier in sorted(set(self.tiers) & set(cfg.model.mentor_init)):
             preset = env.preset(tier)
             template = {k: v for k, v in env.model(preset).state_dict().items()}

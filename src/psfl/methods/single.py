@@ -47,8 +47,25 @@ class CSCOptions(SingleModelOptions):
     model: str = "CSC"
 
 
+PSFL_ONLY = ("agp.enabled", "agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases",
+             "model.student", "model.mentor_rule", "model.mentors", "model.mentor_init", "train.temperature",
+             "train.eps")
+
+
 class SingleModelMethod(FederatedMethod):
     Options = SingleModelOptions
+
+    @classmethod
+    def unused_fields(cls, cfg) -> list[str]:
+        """PSFL's pruning, mentor and distillation settings, and the learning rate of the
+        other model family (``train.lr`` for GSC models, ``train.student_lr`` for the CSC)."""
+        from psfl.models import MODELS
+
+        tier = cfg.options_for(cls.name).model
+        preset = tier if "-" in tier else f"{cfg.model.family}-{tier}"
+        csc = preset in MODELS and MODELS.get(preset).family == "csc"
+        lr_field = ("train.lr" if cfg.train.student_lr > 0 else None) if csc else "train.student_lr"
+        return [*PSFL_ONLY, *([lr_field] if lr_field else [])]
 
     def __init__(self, env: FederatedEnv, options: SingleModelOptions | None = None) -> None:
         super().__init__(env, options)
