@@ -39,13 +39,19 @@ def summarize(method: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot_compare(results: dict[str, list[dict[str, Any]]], out: Path, num_clients: int) -> list[Path]:
+def plot_compare(results: dict[str, list[dict[str, Any]]], out: Path, num_clients: int,
+                 baselines: dict[str, dict[str, float]] | None = None) -> list[Path]:
     paths = []
-    for key, ylabel, name in (("loss", "global loss (CE + MSE)", "global_loss.png"),
-                              ("accuracy", "global accuracy", "global_accuracy.png")):
+    for key, ylabel, name in (("loss", "global loss (CE + weighted MSE)", "global_loss.png"),
+                              ("accuracy", "global accuracy (independent scorer)", "global_accuracy.png"),
+                              ("psnr", "global PSNR (dB)", "global_psnr.png")):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for m, recs in results.items():
-            ax.plot([r["round"] + 1 for r in recs], [r["global"][key] for r in recs], marker=".", label=m)
+            ax.plot([r["round"] + 1 for r in recs], [r["global"].get(key, np.nan) for r in recs], marker=".",
+                    label=m)
+        if key == "psnr":  # trivial reconstructions of the same test images
+            for (b, v), style in zip((baselines or {}).items(), (":", "--", "-.")):
+                ax.axhline(v["psnr"], color="gray", linestyle=style, label=f"baseline: {b.replace('_', '-')}")
         ax.set(xlabel="communication round", ylabel=ylabel)
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
         fig.tight_layout()
@@ -123,7 +129,7 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
         env.cfg = mcfg
         results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env).records
     rows = [summarize(m, recs) for m, recs in results.items()]
-    paths = list(write_tables(rows, out, env.provenance.get("baselines"))) + plot_compare(results, out,
-                                                                                          cfg.data.num_clients)
+    baselines = env.provenance.get("baselines")
+    paths = list(write_tables(rows, out, baselines)) + plot_compare(results, out, cfg.data.num_clients, baselines)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     return rows, paths

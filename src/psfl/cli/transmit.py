@@ -19,7 +19,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snr", type=float, default=10.0, help="SNR in dB (default 10)")
     p.add_argument("--channel", help="awgn | rayleigh | rician (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--evaluator-arch", default="cnn")
+    p.add_argument("--evaluator-arch", default="lenet",
+                   help="classifier that names the reconstructions (default lenet: the independent scorer)")
+    p.add_argument("--evaluator-seed", type=int, default=1)
+    p.add_argument("--evaluator-epochs", type=int, default=3)
     p.add_argument("--evaluator-checkpoint")
     p.add_argument("--evaluator-cache-dir")
     p.add_argument("--out", default="transmit.png", help="PNG grid (default transmit.png)")
@@ -33,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.snr, args.out, dataset=args.dataset, indices=args.index, split=args.split,
         images=args.image, channel=args.channel, source=args.source, data_dir=args.data_dir, seed=args.seed,
         evaluator_arch=args.evaluator_arch, evaluator_checkpoint=args.evaluator_checkpoint,
-        evaluator_cache_dir=args.evaluator_cache_dir, device=args.device)
+        evaluator_cache_dir=args.evaluator_cache_dir, device=args.device, evaluator_seed=args.evaluator_seed,
+        evaluator_epochs=args.evaluator_epochs)
     print(f"{'image':<26} {'PSNR (dB)':>9} {'SSIM':>6}  {'predicted':<16} {'conf':>5}  true label")
     for i in range(len(r.names)):
         print(f"{r.names[i]:<26} {r.psnr[i]:>9.2f} {r.ssim[i]:>6.3f}  {r.class_name(r.predicted[i]):<16} "

@@ -109,12 +109,14 @@ def transmit_checkpoint(checkpoint: str | Path, snr_db: float, out: str | Path,
                         dataset: str | None = None, indices: Sequence[int] = (), split: str = "test",
                         images: Sequence[str | Path] = (), channel: str | None = None,
                         source: str = "auto", data_dir: str | None = None, seed: int = 0,
-                        evaluator_arch: str = "cnn", evaluator_checkpoint: str | None = None,
+                        evaluator_arch: str = "lenet", evaluator_checkpoint: str | None = None,
                         evaluator_cache_dir: str | None = None, progress: bool = True,
-                        device: str | torch.device = "cpu") -> tuple[TransmitResult, Path]:
+                        device: str | torch.device = "cpu", evaluator_seed: int = 1,
+                        evaluator_epochs: int = 3) -> tuple[TransmitResult, Path]:
     """Load a model saved by `psfl train`, transmit dataset samples (``dataset`` +
-    ``indices`` of ``split``) and/or image files, score them with the evaluator of the
-    model's training dataset, and write the PNG grid to ``out``. Model, evaluator, channel
+    ``indices`` of ``split``) and/or image files, score them with a classifier of the
+    model's training dataset (default: the independent scorer, lenet seed 1, which was
+    in no training loss), and write the PNG grid to ``out``. Model, evaluator, channel
     noise and metrics run on ``device`` (auto / cpu / cuda[:i]); the noise is drawn from a
     CPU generator seeded with ``seed``, so it does not depend on the device."""
     from psfl import data as D
@@ -150,8 +152,9 @@ def transmit_checkpoint(checkpoint: str | Path, snr_db: float, out: str | Path,
         xs.append(load_image_files(images, res))
         labels += [None] * len(images)
         names += [Path(p).name for p in images]
-    evaluator = load_evaluator(train_ds, source, data_dir, res.name, evaluator_arch, checkpoint=evaluator_checkpoint,
-                               cache_dir=evaluator_cache_dir, progress=progress, seed=seed, device=dev)
+    evaluator = load_evaluator(train_ds, source, data_dir, res.name, evaluator_arch, evaluator_epochs,
+                               checkpoint=evaluator_checkpoint, cache_dir=evaluator_cache_dir, progress=progress,
+                               seed=evaluator_seed, device=dev)
     ch = create_channel(channel) if channel else None
     result = transmit_images(model, evaluator, torch.cat(xs), snr_db, ch, torch.Generator().manual_seed(seed),
                              res, labels, names)
