@@ -1,6 +1,7 @@
 import pytest
 
 from psfl.config import RunConfig, dump_config, load_config
+from psfl.methods import options_for
 from psfl.errors import PsflError
 
 
@@ -14,7 +15,7 @@ def test_overrides_are_typed_and_roundtrip(tmp_path):
                              "data.num_clients=3", "method_options.stc.p=0.02", f'data.data_dir="{tmp_path}"'])
     assert cfg.train.lr == 0.01 and cfg.rounds == 3 and cfg.agp.enabled is False
     assert cfg.model.mentors == ["M", "L", "H"] and cfg.method_options["stc"]["p"] == 0.02
-    assert cfg.options_for("stc").p == 0.02 and cfg.data.source == "npz"
+    assert options_for(cfg, "stc").p == 0.02 and cfg.data.source == "npz"
     p = tmp_path / "c.toml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg

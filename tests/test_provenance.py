@@ -13,6 +13,7 @@ import torch
 
 from psfl.cli import main
 from psfl.config import RunConfig, load_config
+from psfl.methods import options_for
 from psfl.errors import DivergenceError, PsflError
 from psfl.runners.inprocess import read_records, resume_config, run_federated
 
@@ -252,14 +253,14 @@ def test_mentor_init_per_tier(tmp_path, cache):
     cfg = load_config(None, tiny_overrides(cache, rounds=1) + ["model.mentors=M,L,M",
                                                                 f'model.mentor_init.M="{tmp_path / "m.pt"}"'])
     env = build_env(cfg, progress=False)
-    method = METHODS.get("psfl")(env, cfg.options_for())
+    method = METHODS.get("psfl")(env, options_for(cfg))
     s0, s1 = method.init_client(0), method.init_client(1)
     assert all(torch.equal(s0["mentor"][k], v) for k, v in m.state_dict().items())  # M from the file
     assert not all(torch.equal(s1["mentor"].get(k, v), v) for k, v in m.state_dict().items() if k in s1["mentor"])
     bad = load_config(None, tiny_overrides(cache, rounds=1) + ["model.mentors=M,L,M",
                                                                f'model.mentor_init.L="{tmp_path / "m.pt"}"'])
     with pytest.raises(PsflError, match=r"mentor_init\.L: .* does not fit the L mentor 'tiny-L'"):
-        METHODS.get("psfl")(build_env(bad, progress=False), bad.options_for())
+        METHODS.get("psfl")(build_env(bad, progress=False), options_for(bad))
 
 
 # ------------------------------------------------------------------ scores never touch training images
@@ -309,7 +310,7 @@ def test_local_accuracy_is_scored_on_test_images_by_the_scorer(env, method):
     try:
         env.scorer, env.cfg = Always0(), dataclasses.replace(env.cfg, method=method)
         c.y_test.zero_()
-        m = METHODS.get(method)(env, env.cfg.options_for(method))
+        m = METHODS.get(method)(env, options_for(env.cfg, method))
         m.init_server()
         payload, _ = m.broadcast(0, np.full(3, 10.0))
         res = m.client_update(1, m.init_client(1), 0, payload, 10.0, torch.Generator().manual_seed(0))
@@ -325,7 +326,7 @@ def test_headline_accuracy_is_the_scorers(env):
     from psfl.methods import METHODS
     from psfl.runners.inprocess import evaluate_global
 
-    m = METHODS.get("fedavg")(env, env.cfg.options_for("fedavg"))
+    m = METHODS.get("fedavg")(env, options_for(env.cfg, "fedavg"))
     m.init_server()
     real = env.scorer
     try:
@@ -345,7 +346,7 @@ def test_channel_config_reaches_every_method(cache):
                                                                'channel.equalizer="zf"'])
     env = build_env(cfg, progress=False)
     for name in METHODS.names():
-        m = METHODS.get(name)(env, cfg.options_for(name))
+        m = METHODS.get(name)(env, options_for(cfg, name))
         m.init_server()
         ch = m.global_model().channel
         assert isinstance(ch, Rician) and ch.k_factor == 1.5 and ch.equalize == "zf", name

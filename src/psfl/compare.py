@@ -115,19 +115,21 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
             resume: bool = False, device: Any = "cpu") -> tuple[list[dict[str, Any]], list[Path]]:
     """Run every method (same data partition, evaluator, seed and SNR trace) into
     ``out/<method>/`` and write the comparison plots and tables into ``out``."""
-    from psfl.methods import METHODS, build_env
+    from psfl.methods import METHODS, build_env, check_run_config
     from psfl.runners.inprocess import run_federated
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise PsflError(f"unknown method(s) {unknown}; known: {', '.join(METHODS.names())}")
+    check_run_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
     env = build_env(cfg, progress=progress, device=device)
     results: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         mcfg = replace(cfg, method=m)
         env.cfg = mcfg
-        results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env).records
+        results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env,
+                                   strict=m == cfg.method).records
     rows = [summarize(m, recs) for m, recs in results.items()]
     baselines = env.provenance.get("baselines")
     paths = list(write_tables(rows, out, baselines)) + plot_compare(results, out, cfg.data.num_clients, baselines)

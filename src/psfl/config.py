@@ -179,17 +179,14 @@ class RunConfig:
                             "classifier (another arch or seed), or accuracy is not independent of the loss")
         self._check_names()
         self._check_mentors()
-        for name, table in self.method_options.items():
-            method_options(name, table)  # raises naming the bad option
         self._check_unused()
         return self
 
-    def _check_unused(self) -> None:
+    def _check_unused(self, method_unused: tuple[str, ...] = ()) -> None:
         """A non-default value that the run would never read is rejected, naming the field
-        and why: settings made inert by another setting, and settings the run's method
-        does not use (``FederatedMethod.unused_fields``)."""
-        from psfl.methods import METHODS
-
+        and why: settings made inert by another setting, and ``method_unused`` (the
+        method-aware check, :func:`psfl.methods.check_run_config`, passes the fields the
+        run's method does not read)."""
         default = RunConfig()
         ev = self.evaluator
         inert = [
@@ -202,8 +199,7 @@ class RunConfig:
             ("evaluator.score_epochs", bool(ev.score_checkpoint), "evaluator.score_checkpoint gives the scorer"),
             ("evaluator.score_seed", bool(ev.score_checkpoint), "evaluator.score_checkpoint gives the scorer"),
         ]
-        inert += [(f, True, f"method {self.method!r} does not read it with this config")
-                  for f in METHODS.get(self.method).unused_fields(self)]
+        inert += [(f, True, f"method {self.method!r} does not read it with this config") for f in method_unused]
         for name, unused, why in inert:
             if unused and _get(self, name) != _get(default, name):
                 raise PsflError(f"config field {name}: set to {_get(self, name)!r} but it has no effect here "
@@ -216,14 +212,13 @@ class RunConfig:
         from psfl.evaluate.classifiers import CLASSIFIERS
         from psfl.fl.energy import SNR_TRACES
         from psfl.fl.mentors import MENTOR_RULES
-        from psfl.methods import METHODS
-        from psfl.methods.base import OPTIMIZERS
+        from psfl.optim import OPTIMIZERS
         from psfl.models import MODELS
 
         family = self.model.family
         presets = [self.model.student or f"{family}-CSC"] + [f"{family}-{t}" for t in "MLH"]
         named = [
-            ("method", self.method, METHODS), ("data.dataset", self.data.dataset, DATASETS),
+            ("data.dataset", self.data.dataset, DATASETS),
             ("data.source", self.data.source, SOURCES), ("data.scheme", self.data.scheme, PARTITIONERS),
             ("model.mentor_rule", self.model.mentor_rule, MENTOR_RULES),
             ("train.optimizer", self.train.optimizer, OPTIMIZERS),
@@ -271,12 +266,6 @@ class RunConfig:
             if n != self.data.num_clients:
                 raise PsflError(f"config field data.sizes: {n} sizes for {self.data.num_clients} clients")
 
-    def options_for(self, method: str | None = None) -> Any:
-        """The typed options dataclass of ``method`` (default: the run's method)."""
-        name = method or self.method
-        return method_options(name, self.method_options.get(name, {}))
-
-
 MSE_SPACES = ("standardized", "unit")
 
 
@@ -284,25 +273,6 @@ def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
-
-
-def method_options(method: str, table: dict[str, Any]) -> Any:
-    """``table`` read into ``method``'s options dataclass (``Method.Options``): unknown or
-    ill-typed options raise naming ``method_options.<method>.<field>``."""
-    from psfl.methods import METHODS
-
-    if method not in METHODS:
-        raise PsflError(f"config field method_options.{method}: unknown method {method!r}; "
-                        f"known: {', '.join(METHODS.names())}")
-    cls = METHODS.get(method).Options
-    if not isinstance(table, dict):
-        raise PsflError(f"config field method_options.{method}: expected a table of options")
-    opts = cls()
-    _apply(opts, table, prefix=f"method_options.{method}.")
-    check = getattr(opts, "check", None)
-    if check is not None:
-        check(f"method_options.{method}")
-    return opts
 
 
 # --------------------------------------------------------------------------- loading

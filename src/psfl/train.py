@@ -15,48 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psfl.channel import CHANNELS, Channel
 from psfl.device import device_info, module_device, resolve_device, seeded, to_device
 from psfl.errors import PsflError
 from psfl.evaluate.metrics import using_channel
+from psfl.losses import mse_scale_for, task_loss, task_loss_terms  # noqa: F401  (re-exported)
 from psfl.models.base import SCOutput
-
-
-def task_loss_terms(logits: Tensor, x_hat: Tensor, x: Tensor, y: Tensor, mse_scale: float = 1.0
-                    ) -> dict[str, Tensor]:
-    """The task loss of one SC model, Eq. 8 + Eqs. 15/16: ``ce`` = CE(y, y_hat) with
-    y_hat = softmax(logits) of the evaluator on m_hat (Eq. 8), ``mse`` = MSE(m, m_hat)
-    (mean over pixels, model space), ``loss`` = ce + mse_scale * mse (L_task of Eq. 16,
-    L'_task of Eq. 15). ``mse_scale`` sets the MSE term's weight and pixel space (see
-    ``train.mse_weight`` / ``train.mse_space``; 1 = plain MSE of model-space pixels)."""
-    ce = F.cross_entropy(logits, y)
-    mse = F.mse_loss(x_hat, x)
-    return {"ce": ce, "mse": mse, "loss": ce + mse_scale * mse}
-
-
-def task_loss(out: SCOutput, x: Tensor, y: Tensor, evaluator: nn.Module, mse_scale: float = 1.0
-              ) -> dict[str, Tensor]:
-    """Eqs. 8 and 15/16 for a model output: scores ``out.x_hat`` with the (frozen)
-    evaluator and returns :func:`task_loss_terms` (``ce``, ``mse``, ``loss``)."""
-    return task_loss_terms(evaluator(out.x_hat), out.x_hat, x, y, mse_scale)
-
-
-def mse_scale_for(prepared: Any, weight: float = 1.0, space: str = "standardized") -> float:
-    """Factor on the model-space MSE(m, m_hat) of Eqs. 15/16 (``train.mse_weight``,
-    ``train.mse_space``). ``unit``: MSE of [0, 1] pixels times ``weight``;
-    ``standardized``: that MSE divided by the training set's pixel variance (the MSE of
-    z-scored images: 1.0 means "as bad as predicting the mean pixel")."""
-    from psfl.evaluate.baselines import pixel_variance
-
-    if space not in ("standardized", "unit"):
-        raise PsflError(f"mse space must be 'standardized' or 'unit', got {space!r}")
-    res = prepared.input
-    std2 = sum(s * s for s in res.std) / len(res.std)  # model-space MSE -> [0, 1]-pixel MSE
-    var = pixel_variance(prepared.x_train, res) if space == "standardized" else 1.0
-    return float(weight * std2 / var)
 
 
 def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
@@ -88,7 +54,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
         max_samples: int | None = None, progress: bool = True, mse_scale: float = 1.0) -> list[dict[str, float]]:
     """Train ``model`` centrally on ``prepared.x_train`` (a ``psfl.data.PreparedData``).
 
-    ``optimizer``: a name in ``psfl.methods.base.OPTIMIZERS`` (sgd / adam / adamw).
+    ``optimizer``: a name in ``psfl.optim.OPTIMIZERS`` (sgd / adam / adamw).
     ``channel``: replaces the model's channel for training (None: keep it).
     ``max_samples``: train on a seeded random subset of that many samples.
     Runs on the model's device (``evaluator`` must be there too); the data may stay on the
@@ -99,7 +65,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
     from tqdm.auto import tqdm
 
     from psfl.data import iterate_batches
-    from psfl.methods.base import make_optimizer
+    from psfl.optim import make_optimizer
 
     g = torch.Generator().manual_seed(seed)
     dev = module_device(model)

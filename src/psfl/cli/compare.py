@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from psfl.cli.run import announce_data, data_overrides
     from psfl.compare import compare
     from psfl.config import load_config
+    from psfl.methods import check_run_config
 
-    cfg = load_config(args.config, list(args.overrides) + data_overrides(args))
+    cfg = check_run_config(load_config(args.config, list(args.overrides) + data_overrides(args)))
     announce_data(cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from psfl.device import resolve_device

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from psfl.config import load_config
+    from psfl.methods import check_run_config
     from psfl.report import format_table, summary_rows, write_report
     from psfl.runners.inprocess import new_run_dir, resume_config, run_federated
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         cfg = resume_config(run_dir, overrides)
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = check_run_config(load_config(args.config, overrides))
         run_dir = Path(args.out) if args.out else new_run_dir("runs", cfg.method)
     announce_data(cfg)
     from psfl.device import resolve_device

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from psfl.config import RunConfig
 from psfl.errors import DivergenceError
+from psfl.optim import OPTIMIZERS, clipped_step, make_optimizer  # noqa: F401  (re-exported)
 from psfl.registry import Registry
 
 
@@ -185,26 +186,6 @@ def local_batches(x: Tensor, y: Tensor, batch_size: int, local_steps: int, local
                 return
 
 
-OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
-OPTIMIZERS.register("sgd")(torch.optim.SGD)
-OPTIMIZERS.register("adam")(torch.optim.Adam)
-OPTIMIZERS.register("adamw")(torch.optim.AdamW)
-
-
-def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    cls = OPTIMIZERS.get(name)
-    kw: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
-    if cls is torch.optim.SGD:
-        kw["momentum"] = momentum
-    return cls(params, **kw)
-
-
-def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
-    """Clip the optimiser's gradients to ``max_norm`` (if > 0), then step."""
-    if max_norm > 0:
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
 
 
 @dataclass
@@ -306,7 +287,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     from psfl.evaluate import load_evaluator
     from psfl.evaluate.baselines import pixel_variance, trivial_baselines
     from psfl.models import MODELS
-    from psfl.train import mse_scale_for
+    from psfl.losses import mse_scale_for
 
     from psfl.device import resolve_device
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from psfl.codecs import (decode_state, encode_state, qsgd_dequantize, qsgd_quantize, topk_ternarize,
+from psfl.codecs import (decode_state, ef_step, encode_state, qsgd_dequantize, qsgd_quantize, topk_ternarize,
                          ttq_quantize)
 from psfl.errors import PsflError
 from psfl.fl.agp import prunable_keys
@@ -107,10 +107,9 @@ class STC(SingleModelMethod):
     def _stc(self, update: dict[str, Tensor], residual: dict[str, Tensor] | None
              ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         comp, res = {}, {}
-        for k in self.keys:
-            a = update[k] if residual is None else update[k] + residual[k]  # error accumulation
-            comp[k], _ = topk_ternarize(a, self.p)
-            res[k] = a - comp[k]
+        for k in self.keys:  # error accumulation: compress update + residual, keep what was not sent
+            comp[k], res[k] = ef_step(update[k], None if residual is None else residual[k],
+                                      lambda a: topk_ternarize(a, self.p)[0])
         return comp, res
 
     def _encode(self, comp: dict[str, Tensor]) -> bytes:

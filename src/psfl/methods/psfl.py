@@ -19,14 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from psfl.fl.agp import apply_mask, mask_parameters_, prunable_keys, pruned_share, pruning_ratio, update_mask
+from psfl.fl.agp import apply_mask, prunable_keys, pruned_share, pruning_ratio, update_mask
 from psfl.fl.aggregate import fedavg
+from psfl.fl.local import HoldMask, LocalHook, Trained, local_train
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
 from psfl.errors import PsflError
 from psfl.methods.base import (
-    METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_finite, check_state_finite,
-    clipped_step, clone_state, local_batches, make_generator, make_optimizer,
+    METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_state_finite, clone_state,
+    local_batches, make_generator, make_optimizer,
 )
 from psfl.methods.wire import decode_masked, decode_model, encode_masked, encode_model
 
@@ -69,13 +70,15 @@ class PSFL(FederatedMethod):
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
+        from psfl.methods.validate import options_for
+
         """AGP's settings when pruning is off; the distillation's when PLD is off; the
         mentor assignment when an ablation fixes it."""
         out = []
         if not (cls.use_agp and cfg.agp.enabled):
             out += ["agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases"]
             out += [] if cls.use_agp else ["agp.enabled"]
-        if not cfg.options_for(cls.name).distill:
+        if not options_for(cfg, cls.name).distill:
             out += ["train.temperature", "train.eps"]
         if cls.mentor_rule:
             out += ["model.mentor_rule", "model.mentors"]
@@ -138,6 +141,11 @@ class PSFL(FederatedMethod):
         self.global_state, self.mask, self.zeta = state["global"], state["mask"], state["zeta"]
 
     # ---------------------------------------------------------------- client side
+    def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
+        """Extra hooks of the local-training loop (a subclass's extension point); the AGP
+        mask hook is always there."""
+        return []
+
     def _bridge(self, tier: str) -> SemanticBridge:
         if tier not in self.bridges:
             mentor = self.env.model(self.env.preset(tier))
@@ -173,31 +181,24 @@ class PSFL(FederatedMethod):
         if state["opt"] is not None:
             opt_m.load_state_dict(clone_state(state["opt"]))
         opt_s = make_optimizer(t.optimizer, student.parameters(), t.student_lr or t.lr, t.momentum, t.weight_decay)
-        params_s = dict(student.named_parameters())
-        logs: dict[str, list[float]] = {}
-        for x, y in local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator):
+        trained = [Trained.of("mentor", mentor, opt_m), Trained.of("student", student, opt_s)]
+
+        def objective(x: torch.Tensor, y: torch.Tensor):  # Eqs. 15-21 on one batch
             out_m = mentor(x, snr_db, generator=generator)
             out_s = student(x, snr_db, generator=generator)
             L = pld_losses(out_m, out_s, x, y, env.loss_classifier, bridge, t.temperature, t.eps, self.distill,
                            env.mse_scale)
-            check_finite(float(L.mentor["total"].detach()), rnd, cid, "mentor loss")
-            check_finite(float(L.student["total"].detach()), rnd, cid, "student loss")
-            opt_m.zero_grad(set_to_none=True)
-            opt_s.zero_grad(set_to_none=True)
-            L.joint.backward()
-            clipped_step(opt_m, t.grad_clip)
-            clipped_step(opt_s, t.grad_clip)
-            mask_parameters_(params_s, mask)  # the broadcast mask is held during training
-            for who, terms in (("mentor", L.mentor), ("student", L.student)):
-                for k, v in terms.items():
-                    logs.setdefault(f"{who}_{k}", []).append(float(v.detach()))
+            return {"mentor": out_m, "student": out_s}, {"mentor": L.mentor, "student": L.student}
+
+        hooks = [HoldMask("student", dict(student.named_parameters()), mask), *self.local_hooks(cid, state, rnd)]
+        batches = local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator)
+        metrics = local_train(trained, batches, objective, hooks, t.grad_clip, rnd, cid)
         check_state_finite(mentor.state_dict(), rnd, cid, "mentor weight")
         check_state_finite(student.state_dict(), rnd, cid, "student weight")
         state["mentor"] = clone_state(mentor.state_dict())
         state["bridge"] = clone_state(bridge.state_dict())
         state["opt"] = clone_state(opt_m.state_dict())
         upload = encode_model(student.state_dict(), sparse=set(self.mask_keys))
-        metrics = {k: _mean(v) for k, v in logs.items()}
         metrics["mentor_acc"] = env.local_accuracy(mentor, cid, rnd, snr_db)
         metrics["student_acc"] = env.local_accuracy(student, cid, rnd, snr_db)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services

@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from psfl.errors import PsflError
 from psfl.fl.aggregate import fedavg
+from psfl.fl.local import LocalHook, Trained, local_train
 from psfl.methods.base import (
-    METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_finite, check_state_finite,
-    clipped_step, clone_state, local_batches, make_optimizer,
+    METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_state_finite, clone_state,
+    local_batches, make_optimizer,
 )
 from psfl.methods.wire import decode_model, encode_model
 
@@ -57,11 +58,13 @@ class SingleModelMethod(FederatedMethod):
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
+        from psfl.methods.validate import options_for
+
         """PSFL's pruning, mentor and distillation settings, and the learning rate of the
         other model family (``train.lr`` for GSC models, ``train.student_lr`` for the CSC)."""
         from psfl.models import MODELS
 
-        tier = cfg.options_for(cls.name).model
+        tier = options_for(cfg, cls.name).model
         preset = tier if "-" in tier else f"{cfg.model.family}-{tier}"
         csc = preset in MODELS and MODELS.get(preset).family == "csc"
         lr_field = ("train.lr" if cfg.train.student_lr > 0 else None) if csc else "train.student_lr"
@@ -90,6 +93,11 @@ class SingleModelMethod(FederatedMethod):
 
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
         self.global_state.update(fedavg(decoded, [u.num_samples for u in uploads]))  # Eq. 10
+
+    def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
+        """Hooks of the local-training loop (:mod:`psfl.fl.local`): the extension point
+        for a method that changes local training (e.g. FedProx's proximal term)."""
+        return []
 
     def prepare_model(self, state: dict[str, Any]) -> nn.Module:
         """The module trained locally (a subclass may wrap it, e.g. ternary weights)."""
@@ -130,20 +138,18 @@ class SingleModelMethod(FederatedMethod):
         model.train()
         lr = t.student_lr if self.net.family == "csc" and t.student_lr > 0 else t.lr
         opt = make_optimizer(t.optimizer, model.parameters(), lr, t.momentum, t.weight_decay)
-        logs: dict[str, list[float]] = {}
-        for x, y in local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator):
+
+        def objective(x: Tensor, y: Tensor):  # Eqs. 8 + 15/16
             out = model(x, snr_db, generator=generator)
             terms, _ = env.task_terms(out, x, y)
-            check_finite(float(terms["task"].detach()), rnd, cid, "local loss")
-            opt.zero_grad(set_to_none=True)
-            terms["task"].backward()
-            clipped_step(opt, t.grad_clip)
-            for k, v in terms.items():
-                logs.setdefault(k, []).append(float(v.detach()))
+            return {"local": out}, {"local": {**terms, "total": terms["task"]}}
+
+        batches = local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator)
+        metrics = local_train([Trained.of("local", model, opt)], batches, objective,
+                              self.local_hooks(cid, state, rnd), t.grad_clip, rnd, cid)
         local = self.local_state(model)
         check_state_finite(local, rnd, cid, "local weight")
         upload = self.encode_up(cid, state, local, start, generator)
-        metrics = {f"local_{k}": float(np.mean(v)) for k, v in logs.items()}
         metrics["local_acc"] = env.local_accuracy(model, cid, rnd, snr_db)
         return ClientResult(upload, metrics)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from psfl.config import RunConfig, diff_configs, dump_config, load_config
 from psfl.errors import PsflError
 from psfl.fl.energy import link_cost, round_snrs
-from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env
+from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
 from psfl.methods.base import check_finite, check_state_finite, make_generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -91,7 +91,7 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
                   env: FederatedEnv | None = None,
                   on_round: Callable[[dict[str, Any]], None] | None = None,
                   stop_after: int | None = None, command: list[str] | None = None,
-                  device: str | torch.device = "cpu") -> RunResult:
+                  device: str | torch.device = "cpu", strict: bool = True) -> RunResult:
     """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method`` into ``run_dir``.
 
     A fresh run writes ``config.toml`` and ``provenance.json`` (code, machine, data and
@@ -103,8 +103,9 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_config(cfg, unused=strict)  # strict=False: a compare run sharing another method's config
     env = env or build_env(cfg, progress=progress, device=device)
-    method = METHODS.get(cfg.method)(env, cfg.options_for(cfg.method))
+    method = METHODS.get(cfg.method)(env, options_for(cfg))
     K = cfg.data.num_clients
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
     prov = run_provenance(cfg, env, command)
@@ -244,10 +245,10 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfi
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise PsflError(f"{run_dir} is not a run directory (no {CONFIG})")
-    stored = load_config(path)
+    stored = check_run_config(load_config(path))
     if not overrides:
         return stored
-    cfg = load_config(path, overrides)
+    cfg = check_run_config(load_config(path, overrides))
     changed = [f for f in diff_configs(stored, cfg) if f not in RESUMABLE]
     if changed:
         raise PsflError(f"--resume {run_dir}: cannot change {', '.join(changed)} of an existing run "
