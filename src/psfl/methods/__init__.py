@@ -9,3 +9,9 @@ from psfl.methods import single as _single  # noqa: F401,E402
 from psfl.methods import contenders as _contenders  # noqa: F401,E402
 
 __all__ = ["METHODS", "ClientResult", "FederatedEnv", "FederatedMethod", "Upload", "build_env"]
+
+# Methods of other installed packages (entry point group "psfl.methods"), loaded once.
+from psfl.methods import plugins as _plugins  # noqa: E402
+
+if not _plugins.loaded():
+    _plugins.load_method_plugins()
