@@ -275,5 +275,5 @@ def test_state_corrupt_payloads_raise_clear_errors():
 
 
 def test_registry_names_and_ids():
-    assert CODECS.names() == ["dense", "qsgd", "sparse", "stc", "ternary2bit"]
-    assert len({CODECS.get(n).id for n in CODECS.names()}) == 5
+    assert CODECS.names() == ["dense", "qsgd", "sparse", "stc", "svd", "ternary2bit"]
+    assert len({CODECS.get(n).id for n in CODECS.names()}) == 6

@@ -7,6 +7,7 @@ Codecs (registry :data:`CODECS`, one byte id each on the wire)::
     stc          sparse ternary {-mu, 0, mu}: Golomb-Rice positions, sign bits (Sattler 2019)
     ternary2bit  FTTQ ternary weights: 2 bits each + float32 scale(s) (Xu 2020)
     qsgd         QSGD s-level quantisation: norm + signs + levels (FedPAQ, Reisizadeh 2020)
+    svd          truncated-SVD factors at an energy threshold, dense fallback (FedKD, Wu 2022)
 
     payload = CODECS.get("stc").encode(t)           # or psfl.codecs.encode("stc", t)
     t_hat   = CODECS.get("stc").decode(payload, t.shape)
@@ -27,6 +28,7 @@ from psfl.codecs.sparse import SPARSE_VARIANTS, SparseCodec, sparse_nbytes, spar
 from psfl.codecs.state import always, decode_state, encode_state, payload_bits
 from psfl.codecs.stc import (STCCodec, stc_expected_bits, stc_golomb_bits, stc_golomb_parameter,
                              stc_header_bytes)
+from psfl.codecs.svd import SVDCodec, energy_threshold, matrix_shape, svd_nbytes, svd_rank
 from psfl.codecs.ternary import Ternary2BitCodec, ternary2bit_nbytes
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "SparseCodec", "SPARSE_VARIANTS", "sparse_nbytes", "sparse_variant_nbytes",
     "STCCodec", "stc_expected_bits", "stc_golomb_bits", "stc_golomb_parameter", "stc_header_bytes",
     "Ternary2BitCodec", "ternary2bit_nbytes",
+    "SVDCodec", "svd_rank", "svd_nbytes", "energy_threshold", "matrix_shape",
     "QSGDCodec", "QSGD_VARIANTS", "encode_qsgd", "decode_qsgd", "qsgd_variant_nbytes",
     "topk_k", "topk_ternarize", "ttq_quantize", "ttq_dequantize", "qsgd_quantize", "qsgd_dequantize",
     "ef_correct", "ef_residual", "ef_step",

@@ -12,3 +12,9 @@ from psfl.methods.validate import check_run_config, method_options, options_for 
 
 __all__ = ["METHODS", "ClientResult", "FederatedEnv", "FederatedMethod", "Upload", "build_env", "check_run_config",
            "method_options", "options_for"]
+
+# Methods of other installed packages (entry point group "psfl.methods"), loaded once.
+from psfl.methods import plugins as _plugins  # noqa: E402
+
+if not _plugins.loaded():
+    _plugins.load_method_plugins()
