@@ -8,6 +8,7 @@ from psfl.methods import psfl as _psfl  # noqa: F401,E402
 from psfl.methods import single as _single  # noqa: F401,E402
 from psfl.methods import contenders as _contenders  # noqa: F401,E402
 from psfl.methods import fedprox as _fedprox  # noqa: F401,E402
+from psfl.methods import fedkd as _fedkd  # noqa: F401,E402
 
 from psfl.methods.validate import check_run_config, method_options, options_for  # noqa: E402
 

@@ -141,6 +141,22 @@ class PSFL(FederatedMethod):
         self.global_state, self.mask, self.zeta = state["global"], state["mask"], state["zeta"]
 
     # ---------------------------------------------------------------- client side
+    def receive(self, state: dict[str, Any], payload: bytes
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The broadcast -> (student weights to start from, mask to hold or None)."""
+        down, mask = decode_masked(payload, self.template, self.mask_keys)
+        return {**self.template, **down}, {k: m.to(self.env.device) for k, m in mask.items()}
+
+    def send(self, state: dict[str, Any], rnd: int, student: dict[str, torch.Tensor]) -> bytes:
+        """The trained student -> upload bytes (masked entries cost nothing but positions)."""
+        return encode_model(student, sparse=set(self.mask_keys))
+
+    def losses(self, out_m: Any, out_s: Any, x: torch.Tensor, y: torch.Tensor, bridge: SemanticBridge) -> Any:
+        """Mentor and student loss terms of one batch: PLD, Eqs. 15-21."""
+        t = self.cfg.train
+        return pld_losses(out_m, out_s, x, y, self.env.loss_classifier, bridge, t.temperature, t.eps, self.distill,
+                          self.env.mse_scale)
+
     def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
         """Extra hooks of the local-training loop (a subclass's extension point); the AGP
         mask hook is always there."""
@@ -169,9 +185,8 @@ class PSFL(FederatedMethod):
         data = env.clients[cid]
         student, mentor = self.student, env.model(env.preset(state["tier"]))
         bridge = self._bridge(state["tier"])
-        down, mask = decode_masked(payload, self.template, self.mask_keys)
-        mask = {k: m.to(env.device) for k, m in mask.items()}
-        student.load_state_dict({**self.template, **down})
+        down, mask = self.receive(state, payload)
+        student.load_state_dict(down)
         mentor.load_state_dict(state["mentor"])
         bridge.load_state_dict(state["bridge"])
         student.train(), mentor.train()
@@ -186,11 +201,11 @@ class PSFL(FederatedMethod):
         def objective(x: torch.Tensor, y: torch.Tensor):  # Eqs. 15-21 on one batch
             out_m = mentor(x, snr_db, generator=generator)
             out_s = student(x, snr_db, generator=generator)
-            L = pld_losses(out_m, out_s, x, y, env.loss_classifier, bridge, t.temperature, t.eps, self.distill,
-                           env.mse_scale)
+            L = self.losses(out_m, out_s, x, y, bridge)
             return {"mentor": out_m, "student": out_s}, {"mentor": L.mentor, "student": L.student}
 
-        hooks = [HoldMask("student", dict(student.named_parameters()), mask), *self.local_hooks(cid, state, rnd)]
+        hooks = [*([HoldMask("student", dict(student.named_parameters()), mask)] if mask is not None else []),
+                 *self.local_hooks(cid, state, rnd)]
         batches = local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator)
         metrics = local_train(trained, batches, objective, hooks, t.grad_clip, rnd, cid)
         check_state_finite(mentor.state_dict(), rnd, cid, "mentor weight")
@@ -198,7 +213,7 @@ class PSFL(FederatedMethod):
         state["mentor"] = clone_state(mentor.state_dict())
         state["bridge"] = clone_state(bridge.state_dict())
         state["opt"] = clone_state(opt_m.state_dict())
-        upload = encode_model(student.state_dict(), sparse=set(self.mask_keys))
+        upload = self.send(state, rnd, {k: v.detach().cpu() for k, v in student.state_dict().items()})
         metrics["mentor_acc"] = env.local_accuracy(mentor, cid, rnd, snr_db)
         metrics["student_acc"] = env.local_accuracy(student, cid, rnd, snr_db)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services
