@@ -248,6 +248,11 @@ class FederatedMethod(ABC):
                       snr_db: float, generator: torch.Generator) -> ClientResult:
         """Local training from the broadcast; mutates ``state``; returns the upload."""
 
+    def round_metrics(self, clients: list[dict[str, Any]]) -> dict[str, float]:
+        """Round-level metrics from the clients' metrics (the runner adds them to the
+        round's record as they are named here)."""
+        return {}
+
     def participants(self, rnd: int, num_clients: int) -> list[int]:
         """Clients that train and upload in round ``rnd`` (all by default)."""
         return list(range(num_clients))

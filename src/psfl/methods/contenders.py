@@ -94,6 +94,7 @@ class FedPAQOptions(SingleModelOptions):
 
 @METHODS.register("stc")
 class STC(SingleModelMethod):
+    """STC (Sattler et al. 2019): sparse ternary updates both ways with error accumulation."""
     name = "stc"
     Options = STCOptions
 
@@ -188,6 +189,7 @@ class _TernaryWeights(nn.Module):
 
 @METHODS.register("fttq")
 class FTTQ(SingleModelMethod):
+    """FTTQ (Xu et al. 2020): trained ternary weights, 2-bit uploads, dense downlink."""
     name = "fttq"
     Options = FTTQOptions
 
@@ -220,6 +222,7 @@ class FTTQ(SingleModelMethod):
 
 @METHODS.register("fedpaq")
 class FedPAQ(SingleModelMethod):
+    """FedPAQ (Reisizadeh et al. 2020): partial participation and QSGD-quantised updates."""
     name = "fedpaq"
     Options = FedPAQOptions
 

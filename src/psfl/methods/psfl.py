@@ -63,6 +63,9 @@ def load_mentor_init(path: str, preset: str, template: dict[str, torch.Tensor], 
 
 @METHODS.register("psfl")
 class PSFL(FederatedMethod):
+    """PSFL (the paper): PLD between personal GSC mentors and a shared CSC student; FedAvg
+    and SNR-adaptive global pruning (AGP) of the student on the server."""
+
     name = "psfl"
     Options = PSFLOptions
     mentor_rule: str | None = None  # an ablation's fixed rule (None: model.mentor_rule)
@@ -139,6 +142,10 @@ class PSFL(FederatedMethod):
 
     def load_server_state(self, state: dict[str, Any]) -> None:
         self.global_state, self.mask, self.zeta = state["global"], state["mask"], state["zeta"]
+
+    def round_metrics(self, clients: list[dict[str, Any]]) -> dict[str, float]:
+        """``psfl_accuracy``: the paper's PSFL accuracy, the mean mentor accuracy."""
+        return {"psfl_accuracy": _mean([c["mentor_acc"] for c in clients])}
 
     # ---------------------------------------------------------------- client side
     def receive(self, state: dict[str, Any], payload: bytes

@@ -152,15 +152,14 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         check_state_finite(method.global_model().state_dict(), rnd, None, "global model weight")
         glob = evaluate_global(method, env, rnd)
         compute_s += time.perf_counter() - ta
-        accs = [c["mentor_acc"] for c in clients if "mentor_acc" in c]
         record = {
             "round": rnd, "method": cfg.method, **server_metrics,
             "downlink_bits": 8 * len(payload),
             "upload_bits": int(sum(c["upload_bits"] for c in clients)),
             "energy_j": float(sum(c["energy_j"] for c in clients)),
             "delay_s": float(max(c["delay_s"] for c in clients)),
-            "psfl_accuracy": float(sum(accs) / len(accs)) if accs else None,
             "mean_local_acc": float(sum(c["local_acc"] for c in clients) / len(clients)),
+            **method.round_metrics(clients),  # per-method summaries, named by the method
             "global": glob, "clients": clients,
             "time_s": time.perf_counter() - t0, "compute_s": compute_s,  # time_s - compute_s: runner overhead
         }
