@@ -66,7 +66,7 @@ def _round(m, env, rnd, states):
 
     for cid in range(3):
         res = m.client_update(cid, states[cid], rnd, payload, 10.0, torch.Generator().manual_seed(rnd * 10 + cid))
-        ups.append(Upload(cid, res.payload, env.volumes[cid]))
+        ups.append(Upload(cid, res.payload, env.data.volumes[cid]))
     m.aggregate(rnd, ups)
     return ups
 

@@ -13,12 +13,15 @@ from psfl.methods.wire import encode_model
 
 def _env(method: str, num_clients: int = 3) -> FederatedEnv:
     """What a method's constructor reads (config, presets, N_k), without data or evaluator."""
-    cfg = load_config(None, [f'method="{method}"', "model.family='tiny'", f"data.num_clients={num_clients}"])
     from psfl.channel import create_channel
+    from psfl.methods.base import ClientShards, Evaluators, ModelFactory
 
-    return FederatedEnv(cfg=cfg, clients=[], volumes=[1] * num_clients, loss_classifier=nn.Identity(),
-                        scorer=nn.Identity(), img_size=28, in_chans=1, num_classes=10, test_x=torch.zeros(0),
-                        test_y=torch.zeros(0), input=None, channel=create_channel("awgn"))
+    cfg = load_config(None, [f'method="{method}"', "model.family='tiny'", f"data.num_clients={num_clients}"])
+    return FederatedEnv(
+        data=ClientShards([], [1] * num_clients),
+        evaluators=Evaluators(nn.Identity(), nn.Identity(), torch.zeros(0), torch.zeros(0), None, 10),
+        models=ModelFactory(cfg.seed, "tiny", 28, 1, create_channel("awgn"), torch.device("cpu")),
+        seed=cfg.seed, cfg=cfg)
 
 
 def _floating(state):

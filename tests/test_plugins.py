@@ -37,8 +37,8 @@ MYAVG = '''
         Options = MyAvgOptions
         seen: list = []
 
-        def __init__(self, env, options=None):
-            super().__init__(env, options)
+        def __init__(self, env, options=None, cfg=None):
+            super().__init__(env, options, cfg)
             MyAvg.seen.append(self.options.note)
 '''
 

@@ -281,8 +281,8 @@ def test_global_and_local_test_images_come_from_the_test_split(env):
     ds = D.load_dataset("fashion_mnist")
     prepared = D.prepare(ds, D.INPUT_PRESETS.get("native"))
     test = _row_hashes(prepared.x_test)
-    assert _row_hashes(env.test_x) <= test
-    for c in env.clients:
+    assert _row_hashes(env.evaluators.test_x) <= test
+    for c in env.data.clients:
         assert len(c.x_test) > 0 and _row_hashes(c.x_test) <= test
         assert not (_row_hashes(c.x_test) & _row_hashes(c.x))
 
@@ -304,19 +304,19 @@ def test_local_accuracy_is_scored_on_test_images_by_the_scorer(env, method):
     would not be."""
     from psfl.methods import METHODS
 
-    c = env.clients[1]
+    c = env.data.clients[1]
     assert (c.y != 0).any()
-    saved = (env.scorer, c.y_test.clone(), env.cfg)
+    saved = c.y_test.clone()
+    probe = dataclasses.replace(env, evaluators=dataclasses.replace(env.evaluators, scorer=Always0()))
+    cfg = dataclasses.replace(env.cfg, method=method)
     try:
-        env.scorer, env.cfg = Always0(), dataclasses.replace(env.cfg, method=method)
         c.y_test.zero_()
-        m = METHODS.get(method)(env, options_for(env.cfg, method))
+        m = METHODS.get(method)(probe, options_for(cfg, method), cfg)
         m.init_server()
         payload, _ = m.broadcast(0, np.full(3, 10.0))
         res = m.client_update(1, m.init_client(1), 0, payload, 10.0, torch.Generator().manual_seed(0))
     finally:
-        env.scorer, env.cfg = saved[0], saved[2]
-        c.y_test.copy_(saved[1])
+        c.y_test.copy_(saved)
     accs = {k: v for k, v in res.metrics.items() if k.endswith("_acc")}
     assert "local_acc" in accs and all(v == 1.0 for v in accs.values()), accs
 
@@ -326,15 +326,11 @@ def test_headline_accuracy_is_the_scorers(env):
     from psfl.methods import METHODS
     from psfl.runners.inprocess import evaluate_global
 
-    m = METHODS.get("fedavg")(env, options_for(env.cfg, "fedavg"))
+    probe = dataclasses.replace(env, evaluators=dataclasses.replace(env.evaluators, scorer=Always0()))
+    m = METHODS.get("fedavg")(probe, options_for(env.cfg, "fedavg"))
     m.init_server()
-    real = env.scorer
-    try:
-        env.scorer = Always0()
-        g = evaluate_global(m, env, 0)
-    finally:
-        env.scorer = real
-    assert g["accuracy"] == pytest.approx(float((env.test_y == 0).float().mean()))
+    g = evaluate_global(m, probe, 0)
+    assert g["accuracy"] == pytest.approx(float((env.evaluators.test_y == 0).float().mean()))
     assert "loss_clf_accuracy" in g
 
 
@@ -350,5 +346,5 @@ def test_channel_config_reaches_every_method(cache):
         m.init_server()
         ch = m.global_model().channel
         assert isinstance(ch, Rician) and ch.k_factor == 1.5 and ch.equalize == "zf", name
-    for preset, model in env._pool.items():
-        assert model.channel is env.channel, preset
+    for preset, model in env.models.models().items():
+        assert model.channel is env.models.channel, preset

@@ -126,8 +126,7 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
     env = build_env(cfg, progress=progress, device=device)
     results: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
-        mcfg = replace(cfg, method=m)
-        env.cfg = mcfg
+        mcfg = replace(cfg, method=m)  # same environment (data, evaluators, models), another method
         results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env,
                                    strict=m == cfg.method).records
     rows = [summarize(m, recs) for m, recs in results.items()]

@@ -62,40 +62,53 @@ class ClientResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class FederatedEnv:
-    """Everything a method needs, built once from the config (shared by all runners).
+@dataclass(frozen=True)
+class ClientShards:
+    """The clients' data: one ``psfl.data.ClientData`` each (local training images, and
+    local test images drawn from the test split) and N_k, the FedAvg weights."""
 
-    Two frozen classifiers: ``loss_classifier`` inside the task loss (Eqs. 15/16) and
-    ``scorer``, trained independently, which alone scores accuracy. Local and global
-    scores use test-split images only (never an image that trained either classifier
-    or a client)."""
-
-    cfg: RunConfig
-    clients: list[Any]  # psfl.data.ClientData per client (local test images from the test split)
+    clients: list[Any]
     volumes: list[int]  # N_k
-    loss_classifier: nn.Module  # frozen classifier inside the task loss
-    scorer: nn.Module  # frozen independent classifier: the headline accuracy
-    img_size: int
-    in_chans: int
-    num_classes: int
+    class_counts: np.ndarray | None = None  # (K, classes) of the partition
+
+
+@dataclass(frozen=True)
+class Evaluators:
+    """The frozen classifiers and what scores a model: ``loss_classifier`` sits inside the
+    task loss (Eqs. 15/16); ``scorer``, trained independently, alone scores accuracy; the
+    global test subset (test split only) and the MSE weight of the task loss."""
+
+    loss_classifier: nn.Module
+    scorer: nn.Module
     test_x: Tensor  # global test subset, model input space
     test_y: Tensor
     input: Any  # ResolvedInput (for de-normalising)
-    channel: nn.Module  # the configured channel (Eq. 6), installed in every model
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # models and client data
+    num_classes: int
     mse_scale: float = 1.0  # weight of MSE(m, m_hat) in model space (train.mse_weight / mse_space)
-    class_counts: np.ndarray | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)  # data, partition, evaluators, baselines
-    _pool: dict[str, nn.Module] = field(default_factory=dict)
+
+    def task_terms(self, out: Any, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Eqs. 15/16 for one model output with the loss classifier and MSE weight."""
+        from psfl.fl.pld import task_terms
+
+        return task_terms(out, x, y, self.loss_classifier, self.mse_scale)
+
+
+class ModelFactory:
+    """Models by preset: one object per architecture, reused by every client (seeded
+    init, the configured channel installed, on ``device``), and seeded initial states."""
+
+    def __init__(self, seed: int, family: str, img_size: int, in_chans: int, channel: nn.Module,
+                 device: torch.device) -> None:
+        self.seed, self.family, self.img_size, self.in_chans = seed, family, img_size, in_chans
+        self.channel, self.device = channel, device
+        self._pool: dict[str, nn.Module] = {}
 
     def model(self, preset: str) -> nn.Module:
-        """One model object per architecture, reused by every client (seeded init)."""
         if preset not in self._pool:
             from psfl.models import create_model
 
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(self.cfg.seed, 0xA11, *map(ord, preset)))
+                torch.manual_seed(derive_seed(self.seed, 0xA11, *map(ord, preset)))
                 m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
             m.channel = self.channel
             self._pool[preset] = m.to(self.device)
@@ -107,28 +120,39 @@ class FederatedEnv:
         from psfl.models import create_model
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.cfg.seed, *seed_parts))
+            torch.manual_seed(derive_seed(self.seed, *seed_parts))
             m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
         return {k: v.detach() for k, v in m.state_dict().items()}
 
     def preset(self, tier_or_name: str) -> str:
         """'M'/'L'/'H'/'CSC' -> '{family}-M' etc.; full names pass through."""
-        if "-" in tier_or_name:
-            return tier_or_name
-        return f"{self.cfg.model.family}-{tier_or_name}"
+        return tier_or_name if "-" in tier_or_name else f"{self.family}-{tier_or_name}"
 
-    def task_terms(self, out: Any, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Eqs. 15/16 for one model output with the run's loss classifier and MSE weight."""
-        from psfl.fl.pld import task_terms
+    def models(self) -> dict[str, nn.Module]:
+        """The models built so far, by preset."""
+        return dict(self._pool)
 
-        return task_terms(out, x, y, self.loss_classifier, self.mse_scale)
+
+@dataclass(frozen=True)
+class FederatedEnv:
+    """What a run's methods share, built once from the config by :func:`build_env` and
+    never reassigned: the clients' data, the evaluators, the model factory, the seed
+    they were drawn with, and the provenance record. A method's own settings come with
+    its config (``FederatedMethod(env, options, cfg)``)."""
+
+    data: ClientShards
+    evaluators: Evaluators
+    models: ModelFactory
+    seed: int
+    cfg: RunConfig  # the config the environment was built from (data, evaluators, models)
+    provenance: dict[str, Any] = field(default_factory=dict)  # data, partition, evaluators, baselines
 
     def local_accuracy(self, model: nn.Module, cid: int, rnd: int, snr_db: float) -> float:
         """Scorer accuracy of ``model``'s reconstructions of client ``cid``'s local test
         images at ``snr_db`` (the seeded channel draw depends on round and client only)."""
-        data = self.clients[cid]
-        g = make_generator(self.cfg.seed, 0xE7A, rnd, cid)
-        return accuracy_at(model, self.scorer, data.x_test, data.y_test, snr_db, g)
+        data = self.data.clients[cid]
+        g = make_generator(self.seed, 0xE7A, rnd, cid)
+        return accuracy_at(model, self.evaluators.scorer, data.x_test, data.y_test, snr_db, g)
 
 
 class _Scored(nn.Module):
@@ -210,9 +234,9 @@ class FederatedMethod(ABC):
         there is rejected by ``RunConfig.validate`` instead of silently ignored)."""
         return []
 
-    def __init__(self, env: FederatedEnv, options: MethodOptions | None = None) -> None:
+    def __init__(self, env: FederatedEnv, options: MethodOptions | None = None, cfg: RunConfig | None = None) -> None:
         self.env = env
-        self.cfg = env.cfg
+        self.cfg = cfg if cfg is not None else env.cfg
         self.options = options if options is not None else self.Options()
         if not isinstance(self.options, self.Options):
             raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(self.options).__name__}")
@@ -351,10 +375,10 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
         "global_test_images": int(k),
     }
     return FederatedEnv(
-        cfg=cfg, clients=clients, volumes=[int(c.x.shape[0]) for c in clients], loss_classifier=loss_clf,
-        scorer=scorer, img_size=res.size, in_chans=res.channels, num_classes=ds.num_classes,
-        test_x=x_test, test_y=y_test, input=res, channel=channel, device=dev, mse_scale=mse_scale,
-        class_counts=part.class_counts, provenance=provenance,
+        data=ClientShards(clients, [int(c.x.shape[0]) for c in clients], part.class_counts),
+        evaluators=Evaluators(loss_clf, scorer, x_test, y_test, res, ds.num_classes, mse_scale),
+        models=ModelFactory(cfg.seed, cfg.model.family, res.size, res.channels, channel, dev),
+        seed=cfg.seed, cfg=cfg, provenance=provenance,
     )
 
 

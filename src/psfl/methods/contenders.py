@@ -98,8 +98,8 @@ class STC(SingleModelMethod):
     name = "stc"
     Options = STCOptions
 
-    def __init__(self, env: FederatedEnv, options: STCOptions | None = None) -> None:
-        super().__init__(env, options)
+    def __init__(self, env: FederatedEnv, options: STCOptions | None = None, cfg=None) -> None:
+        super().__init__(env, options, cfg)
         self.p = self.options.p
         self.keys = wire_keys(self.template)
         self.server_residual: dict[str, Tensor] | None = None
@@ -193,8 +193,8 @@ class FTTQ(SingleModelMethod):
     name = "fttq"
     Options = FTTQOptions
 
-    def __init__(self, env: FederatedEnv, options: FTTQOptions | None = None) -> None:
-        super().__init__(env, options)
+    def __init__(self, env: FederatedEnv, options: FTTQOptions | None = None, cfg=None) -> None:
+        super().__init__(env, options, cfg)
         self.t = self.options.t
         self.tern_keys = prunable_keys(self.net)  # conv/linear weights (all are parameters)
         self.keys = wire_keys(self.template)
@@ -226,8 +226,8 @@ class FedPAQ(SingleModelMethod):
     name = "fedpaq"
     Options = FedPAQOptions
 
-    def __init__(self, env: FederatedEnv, options: FedPAQOptions | None = None) -> None:
-        super().__init__(env, options)
+    def __init__(self, env: FederatedEnv, options: FedPAQOptions | None = None, cfg=None) -> None:
+        super().__init__(env, options, cfg)
         self.s = self.options.s
         self.frac = self.options.participation
         self.keys = wire_keys(self.template)

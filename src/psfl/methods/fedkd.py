@@ -52,8 +52,8 @@ class FedKD(PSFL):
     Options = FedKDOptions
     use_agp = False
 
-    def __init__(self, env, options: FedKDOptions | None = None) -> None:
-        super().__init__(env, options)
+    def __init__(self, env, options: FedKDOptions | None = None, cfg=None) -> None:
+        super().__init__(env, options, cfg)
         self.keys = wire_keys(self.template)
         self.down: bytes | None = None  # this round's compressed mean update
 
@@ -105,5 +105,5 @@ class FedKD(PSFL):
         if not self.distill:  # task losses only (as PSFL's distill = false)
             return super().losses(out_m, out_s, x, y, bridge)
         t = self.cfg.train
-        return fedkd_losses(out_m, out_s, x, y, self.env.loss_classifier, bridge, t.temperature, t.eps,
-                            self.env.mse_scale)
+        return fedkd_losses(out_m, out_s, x, y, self.env.evaluators.loss_classifier, bridge, t.temperature, t.eps,
+                            self.env.evaluators.mse_scale)

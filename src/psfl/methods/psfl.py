@@ -87,16 +87,16 @@ class PSFL(FederatedMethod):
             out += ["model.mentor_rule", "model.mentors"]
         return out
 
-    def __init__(self, env: FederatedEnv, options: PSFLOptions | None = None) -> None:
-        super().__init__(env, options)
+    def __init__(self, env: FederatedEnv, options: PSFLOptions | None = None, cfg=None) -> None:
+        super().__init__(env, options, cfg)
         cfg = self.cfg
         self.distill = self.options.distill
         self.agp = self.use_agp and cfg.agp.enabled
         rule = self.mentor_rule or cfg.model.mentor_rule
-        self.tiers = assign_mentors(env.volumes, rule, [] if self.mentor_rule else cfg.model.mentors)
-        self.student_preset = env.preset(cfg.model.student or "CSC")
-        self.student = env.model(self.student_preset)
-        self.template = env.fresh_state(self.student_preset, 0xB0B)  # same init for every method
+        self.tiers = assign_mentors(env.data.volumes, rule, [] if self.mentor_rule else cfg.model.mentors)
+        self.student_preset = env.models.preset(cfg.model.student or "CSC")
+        self.student = env.models.model(self.student_preset)
+        self.template = env.models.fresh_state(self.student_preset, 0xB0B)  # same init for every method
         self.mask_keys = prunable_keys(self.student, cfg.agp.prune_biases)
         self.mentor_init: dict[str, dict[str, torch.Tensor]] = {}
         unused = sorted(set(cfg.model.mentor_init) - set(self.tiers))
@@ -104,8 +104,8 @@ class PSFL(FederatedMethod):
             raise PsflError(f"config field model.mentor_init.{unused[0]}: no client has a {unused[0]} mentor "
                             f"(tiers here: {', '.join(self.tiers)})")
         for tier in sorted(set(self.tiers) & set(cfg.model.mentor_init)):
-            preset = env.preset(tier)
-            template = {k: v for k, v in env.model(preset).state_dict().items()}
+            preset = env.models.preset(tier)
+            template = {k: v for k, v in env.models.model(preset).state_dict().items()}
             self.mentor_init[tier] = load_mentor_init(cfg.model.mentor_init[tier], preset, template, tier)
         self.bridges: dict[str, SemanticBridge] = {}
         self.global_state: dict[str, torch.Tensor] = {}
@@ -152,7 +152,7 @@ class PSFL(FederatedMethod):
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """The broadcast -> (student weights to start from, mask to hold or None)."""
         down, mask = decode_masked(payload, self.template, self.mask_keys)
-        return {**self.template, **down}, {k: m.to(self.env.device) for k, m in mask.items()}
+        return {**self.template, **down}, {k: m.to(self.env.models.device) for k, m in mask.items()}
 
     def send(self, state: dict[str, Any], rnd: int, student: dict[str, torch.Tensor]) -> bytes:
         """The trained student -> upload bytes (masked entries cost nothing but positions)."""
@@ -161,8 +161,8 @@ class PSFL(FederatedMethod):
     def losses(self, out_m: Any, out_s: Any, x: torch.Tensor, y: torch.Tensor, bridge: SemanticBridge) -> Any:
         """Mentor and student loss terms of one batch: PLD, Eqs. 15-21."""
         t = self.cfg.train
-        return pld_losses(out_m, out_s, x, y, self.env.loss_classifier, bridge, t.temperature, t.eps, self.distill,
-                          self.env.mse_scale)
+        return pld_losses(out_m, out_s, x, y, self.env.evaluators.loss_classifier, bridge, t.temperature, t.eps, self.distill,
+                          self.env.evaluators.mse_scale)
 
     def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
         """Extra hooks of the local-training loop (a subclass's extension point); the AGP
@@ -171,10 +171,10 @@ class PSFL(FederatedMethod):
 
     def _bridge(self, tier: str) -> SemanticBridge:
         if tier not in self.bridges:
-            mentor = self.env.model(self.env.preset(tier))
+            mentor = self.env.models.model(self.env.models.preset(tier))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)
-                self.bridges[tier] = SemanticBridge(self.student.sem_dim, mentor.sem_dim).to(self.env.device)
+                self.bridges[tier] = SemanticBridge(self.student.sem_dim, mentor.sem_dim).to(self.env.models.device)
         return self.bridges[tier]
 
     def init_client(self, cid: int) -> dict[str, Any]:
@@ -182,15 +182,15 @@ class PSFL(FederatedMethod):
         if tier in self.mentor_init:  # pre-trained (psfl pretrain) weights for this tier
             state = self.mentor_init[tier]
         else:
-            state = self.env.fresh_state(self.env.preset(tier), 0x3E7, cid)  # own seeded init
+            state = self.env.models.fresh_state(self.env.models.preset(tier), 0x3E7, cid)  # own seeded init
         return {"tier": tier, "mentor": clone_state(state),
                 "bridge": clone_state(self._bridge(tier).state_dict()), "opt": None}
 
     def client_update(self, cid: int, state: dict[str, Any], rnd: int, payload: bytes,
                       snr_db: float, generator: torch.Generator) -> ClientResult:
         cfg, env = self.cfg, self.env
-        data = env.clients[cid]
-        student, mentor = self.student, env.model(env.preset(state["tier"]))
+        data = env.data.clients[cid]
+        student, mentor = self.student, env.models.model(env.models.preset(state["tier"]))
         bridge = self._bridge(state["tier"])
         down, mask = self.receive(state, payload)
         student.load_state_dict(down)

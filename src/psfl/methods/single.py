@@ -70,11 +70,11 @@ class SingleModelMethod(FederatedMethod):
         lr_field = ("train.lr" if cfg.train.student_lr > 0 else None) if csc else "train.student_lr"
         return [*PSFL_ONLY, *([lr_field] if lr_field else [])]
 
-    def __init__(self, env: FederatedEnv, options: SingleModelOptions | None = None) -> None:
-        super().__init__(env, options)
-        self.preset = env.preset(self.options.model)
-        self.net = env.model(self.preset)
-        self.template = env.fresh_state(self.preset, 0xB0B)  # same init for every method
+    def __init__(self, env: FederatedEnv, options: SingleModelOptions | None = None, cfg=None) -> None:
+        super().__init__(env, options, cfg)
+        self.preset = env.models.preset(self.options.model)
+        self.net = env.models.model(self.preset)
+        self.template = env.models.fresh_state(self.preset, 0xB0B)  # same init for every method
         self.global_state: dict[str, Tensor] = {}
 
     # ---------------------------------------------------------------- hooks
@@ -131,7 +131,7 @@ class SingleModelMethod(FederatedMethod):
     def client_update(self, cid: int, state: dict[str, Any], rnd: int, payload: bytes,
                       snr_db: float, generator: torch.Generator) -> ClientResult:
         env, t = self.env, self.cfg.train
-        data = env.clients[cid]
+        data = env.data.clients[cid]
         start = self.decode_down(state, payload)
         self.net.load_state_dict(start)
         model = self.prepare_model(state)
@@ -141,7 +141,7 @@ class SingleModelMethod(FederatedMethod):
 
         def objective(x: Tensor, y: Tensor):  # Eqs. 8 + 15/16
             out = model(x, snr_db, generator=generator)
-            terms, _ = env.task_terms(out, x, y)
+            terms, _ = env.evaluators.task_terms(out, x, y)
             return {"local": out}, {"local": {**terms, "total": terms["task"]}}
 
         batches = local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator)

@@ -65,11 +65,11 @@ def evaluate_global(method: FederatedMethod, env: FederatedEnv, rnd: int) -> dic
     (``loss_clf_accuracy``), loss (CE + weighted MSE, as trained), PSNR and SSIM."""
     from psfl.evaluate import evaluate_reconstruction
 
-    model = method.global_model()
-    g = make_generator(env.cfg.seed, 0x6E7, rnd)
-    return evaluate_reconstruction(model, env.scorer, env.test_x, env.test_y, snr_db=env.cfg.channel.eval_snr_db,
-                                   generator=g, input=env.input, loss_classifier=env.loss_classifier,
-                                   mse_scale=env.mse_scale)
+    model, ev = method.global_model(), env.evaluators
+    g = make_generator(env.seed, 0x6E7, rnd)
+    return evaluate_reconstruction(model, ev.scorer, ev.test_x, ev.test_y, snr_db=method.cfg.channel.eval_snr_db,
+                                   generator=g, input=ev.input, loss_classifier=ev.loss_classifier,
+                                   mse_scale=ev.mse_scale)
 
 
 def _json_safe(x: Any) -> Any:
@@ -105,13 +105,13 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_config(cfg, unused=strict)  # strict=False: a compare run sharing another method's config
     env = env or build_env(cfg, progress=progress, device=device)
-    method = METHODS.get(cfg.method)(env, options_for(cfg))
+    method = METHODS.get(cfg.method)(env, options_for(cfg), cfg)
     K = cfg.data.num_clients
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
     prov = run_provenance(cfg, env, command)
     if resume and ckpt_path.exists():
         check_same_data(run_dir, prov)
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=env.device)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=env.models.device)
         method.load_server_state(ckpt["server"])
         client_states = ckpt["clients"]
         start = int(ckpt["round"])
@@ -143,8 +143,8 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
                                        make_generator(cfg.seed, rnd, cid, 0xC11))
             compute_s += time.perf_counter() - tc
             cost = link_cost(res.payload, float(snrs[cid]), e.bandwidth_hz, e.power_w)  # Eqs. 12-14
-            uploads.append(Upload(cid, res.payload, env.volumes[cid]))
-            clients.append({"cid": cid, "snr_db": float(snrs[cid]), "num_samples": env.volumes[cid],
+            uploads.append(Upload(cid, res.payload, env.data.volumes[cid]))
+            clients.append({"cid": cid, "snr_db": float(snrs[cid]), "num_samples": env.data.volumes[cid],
                             "upload_bits": cost.bits, "rate_bps": cost.rate_bps, "delay_s": cost.delay_s,
                             "energy_j": cost.energy_j, **res.metrics})
         ta = time.perf_counter()
@@ -214,7 +214,7 @@ def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None 
     runtime = {
         "psfl_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
-        "device": str(env.device), "device_info": device_info(env.device), "threads": torch.get_num_threads(),
+        "device": str(env.models.device), "device_info": device_info(env.models.device), "threads": torch.get_num_threads(),
         "command": list(command) if command is not None else list(sys.argv),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
