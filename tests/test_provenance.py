@@ -91,7 +91,8 @@ def _all_fields(cls=RunConfig, prefix=""):
 
 
 SWEEP_METHODS = ["psfl"] + [pytest.param(m, marks=pytest.mark.slow) for m in
-                            ("psfl-no-pld", "psfl-no-agp", "fedavg", "fedavg-csc", "stc", "fttq", "fedpaq")]
+                            ("psfl-no-pld", "psfl-no-agp", "fedavg", "fedavg-csc", "stc", "fttq", "fedpaq",
+                             "fedprox", "fedkd")]
 
 
 @pytest.mark.parametrize("method", SWEEP_METHODS)
@@ -108,7 +109,8 @@ def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method):
         values["method_options"] = "{%s}" % {
             "psfl-no-pld": '"psfl-no-pld" = {distill = false}', "psfl-no-agp": '"psfl-no-agp" = {distill = false}',
             "fedavg": 'fedavg = {model = "L"}', "fedavg-csc": '"fedavg-csc" = {model = "M"}',
-            "stc": "stc = {p = 0.5}", "fttq": "fttq = {t = 0.2}", "fedpaq": "fedpaq = {s = 4}"}[method]
+            "stc": "stc = {p = 0.5}", "fttq": "fttq = {t = 0.2}", "fedpaq": "fedpaq = {s = 4}",
+            "fedprox": "fedprox = {mu = 0.5}", "fedkd": "fedkd = {t_start = 0.5}"}[method]
     base = tiny_overrides(cache, rounds=1, method=method)
     over = {o.split("=", 1)[0]: o for o in base}
 

@@ -95,8 +95,8 @@ def summary_rows(records: Sequence[dict[str, Any]], run_dir: Path | None = None)
     bits = [x["upload_bits"] / max(1, len(x["clients"])) for x in records]
     scorer = prov.get("evaluators", {}).get("scorer", {})
     rows = [
-        (f"global accuracy (independent scorer {scorer.get('arch', '')}, last round)".replace(" ,", ","),
-         _num(g["accuracy"])),
+        (f"global accuracy (independent scorer {scorer.get('arch', '')}, last round)".replace(" ,", ",")
+         if prov else "global accuracy (no provenance.json: scored by the classifier in the loss)", _num(g["accuracy"])),
         ("  global accuracy, round 1", _num(records[0]["global"]["accuracy"])),
         ("global PSNR / SSIM (last round)", f"{_num(g.get('psnr'), '{:.2f}')} dB / {_num(g.get('ssim'))}"),
         *baseline_rows(prov.get("baselines", {})),
