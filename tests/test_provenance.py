@@ -110,7 +110,7 @@ def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method):
             "psfl-no-pld": '"psfl-no-pld" = {distill = false}', "psfl-no-agp": '"psfl-no-agp" = {distill = false}',
             "fedavg": 'fedavg = {model = "L"}', "fedavg-csc": '"fedavg-csc" = {model = "M"}',
             "stc": "stc = {p = 0.5}", "fttq": "fttq = {t = 0.2}", "fedpaq": "fedpaq = {s = 4}",
-            "fedprox": "fedprox = {mu = 0.5}", "fedkd": "fedkd = {t_start = 0.5}"}[method]
+            "fedprox": "fedprox = {mu = 0.5}", "fedkd": "fedkd = {t_start = 0.5, t_end = 0.6}"}[method]
     base = tiny_overrides(cache, rounds=1, method=method)
     over = {o.split("=", 1)[0]: o for o in base}
 
