@@ -18,7 +18,8 @@ TIMING = ("time_s", "compute_s")
 def tiny_overrides(cache: Path, rounds: int = 3, method: str = "psfl") -> list[str]:
     return [f"method={method!r}".replace("'", '"'), f"rounds={rounds}", "data.num_clients=3",
             "model.family='tiny'", "train.local_steps=3", "train.batch_size=16",
-            "data.eval_samples=64", "evaluator.epochs=1", "evaluator.score_epochs=1", f"evaluator.cache_dir='{cache}'", "threads=1"]
+            "data.eval_samples=64", "evaluator.epochs=1", "evaluator.score_epochs=1",
+            f"evaluator.cache_dir='{cache}'", "threads=1"]
 
 
 def strip_timing(records):

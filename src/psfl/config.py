@@ -10,7 +10,7 @@ import math
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,7 @@ class RunConfig:
                             "classifier (another arch or seed), or accuracy is not independent of the loss")
         self._check_names()
         self._check_mentors()
+        self._check_sizes()
         self._check_unused()
         return self
 
@@ -231,15 +232,13 @@ class RunConfig:
             if value not in registry:
                 raise PsflError(f"config field {field_name}: unknown {registry.kind} {value!r}; "
                                 f"known: {', '.join(registry.names())}")
-        import inspect
-
-        params = inspect.signature(CHANNELS.get(self.channel.name)).parameters
+        takes = channel_kwargs(self.channel)
         default = ChannelConfig()
-        for field_name, param in (("equalizer", "equalize"), ("rician_k", "k_factor")):
-            if param not in params and getattr(self.channel, field_name) != getattr(default, field_name):
-                takes = [n for n in CHANNELS.names() if param in inspect.signature(CHANNELS.get(n)).parameters]
+        for field_name, param in CHANNEL_PARAMS:
+            if param not in takes and getattr(self.channel, field_name) != getattr(default, field_name):
+                having = [n for n in CHANNELS.names() if param in channel_kwargs(replace(self.channel, name=n))]
                 raise PsflError(f"config field channel.{field_name}: channel {self.channel.name!r} has no "
-                                f"{field_name} (only {', '.join(takes)})")
+                                f"{field_name} (only {', '.join(having)})")
 
     def _check_mentors(self) -> None:
         from psfl.fl.mentors import TIERS
@@ -256,6 +255,8 @@ class RunConfig:
                 raise PsflError(f"config field model.mentor_init: unknown tier {tier!r}; use M, L or H")
             if not Path(path).is_file():
                 raise PsflError(f"config field model.mentor_init.{tier}: no such file {path}")
+
+    def _check_sizes(self) -> None:
         if self.data.sizes not in ("table1", "none", ""):
             from psfl.data import parse_sizes
 
@@ -266,7 +267,20 @@ class RunConfig:
             if n != self.data.num_clients:
                 raise PsflError(f"config field data.sizes: {n} sizes for {self.data.num_clients} clients")
 
+
 MSE_SPACES = ("standardized", "unit")
+CHANNEL_PARAMS = (("equalizer", "equalize"), ("rician_k", "k_factor"))  # ChannelConfig field -> constructor
+
+
+def channel_kwargs(ch: ChannelConfig) -> dict[str, Any]:
+    """Constructor arguments of the configured channel: the ``CHANNEL_PARAMS`` its class
+    takes (fading channels the equaliser, Rician its K-factor)."""
+    import inspect
+
+    from psfl.channel import CHANNELS
+
+    params = inspect.signature(CHANNELS.get(ch.name)).parameters
+    return {param: getattr(ch, f) for f, param in CHANNEL_PARAMS if param in params}
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -389,10 +403,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         for k in reversed(keys):
             nested = {k: nested}
         if keys[0] == "method_options":  # merged option by option: tables accumulate
-            for method, table in nested["method_options"].items() if isinstance(nested["method_options"], dict) \
-                    else [(None, None)]:
-                if not isinstance(table, dict):
-                    raise PsflError(f"--set {item!r}: use method_options.<method>.<option>=value")
+            tables = nested["method_options"]
+            if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+                raise PsflError(f"--set {item!r}: use method_options.<method>.<option>=value")
+            for method, table in tables.items():
                 cfg.method_options.setdefault(method, {}).update(table)
             continue
         _apply(cfg, nested)

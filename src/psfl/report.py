@@ -81,7 +81,8 @@ def _num(v: Any, fmt: str = "{:.4f}") -> str:
 
 
 def baseline_rows(baselines: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
-    names = {"constant": "constant image", "dataset_mean": "dataset-mean image", "class_mean": "class-mean image (oracle label)"}
+    names = {"constant": "constant image", "dataset_mean": "dataset-mean image",
+             "class_mean": "class-mean image (oracle label)"}
     return [(f"  baseline: {names.get(k, k)}", f"{v['psnr']:.2f} dB / {v['ssim']:.4f}") for k, v in baselines.items()]
 
 
@@ -94,16 +95,18 @@ def summary_rows(records: Sequence[dict[str, Any]], run_dir: Path | None = None)
     energy = [x["energy_j"] for x in records]
     bits = [x["upload_bits"] / max(1, len(x["clients"])) for x in records]
     scorer = prov.get("evaluators", {}).get("scorer", {})
+    data = prov.get("data", {})
+    headline = (f"global accuracy (independent scorer {scorer.get('arch', '')}, last round)" if prov
+                else "global accuracy (no provenance.json: scored by the classifier in the loss)")
     rows = [
-        (f"global accuracy (independent scorer {scorer.get('arch', '')}, last round)".replace(" ,", ",")
-         if prov else "global accuracy (no provenance.json: scored by the classifier in the loss)", _num(g["accuracy"])),
+        (headline, _num(g["accuracy"])),
         ("  global accuracy, round 1", _num(records[0]["global"]["accuracy"])),
         ("global PSNR / SSIM (last round)", f"{_num(g.get('psnr'), '{:.2f}')} dB / {_num(g.get('ssim'))}"),
         *baseline_rows(prov.get("baselines", {})),
         ("  loss classifier's accuracy (it is in the loss)", _num(g.get("loss_clf_accuracy"))),
         ("method", str(last["method"])),
         ("rounds", str(len(records))),
-        ("data", f"{prov.get('data', {}).get('source', '?')} (fingerprint {str(prov.get('data', {}).get('fingerprint', '?'))[:12]})"),
+        ("data", f"{data.get('source', '?')} (fingerprint {str(data.get('fingerprint', '?'))[:12]})"),
         ("PSFL accuracy (mean mentor acc, last round)", _num(client_mean(last, 'mentor_acc'))),
         ("  mentor acc, round 1", _num(client_mean(records[0], 'mentor_acc'))),
         ("mean student local acc (last round)", _num(client_mean(last, 'student_acc'))),

@@ -13,7 +13,8 @@ DEFAULT = "psfl,fedavg,stc,fttq,fedpaq"
 @command("compare", help="Compare PSFL with FedAvg/STC/FTTQ/FedPAQ and ablations (Figs. 9-13)")
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=DEFAULT,
-                   help=f"comma list (default {DEFAULT}; also psfl-no-pld, psfl-no-agp, fedavg-csc, fedprox, fedkd, plugins; see `psfl methods`)")
+                   help=f"comma list (default {DEFAULT}; also psfl-no-pld, psfl-no-agp, fedavg-csc, "
+                        "fedprox, fedkd and plugins: see `psfl methods`)")
     p.add_argument("--config", help="TOML config file (shared by all methods)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout)")

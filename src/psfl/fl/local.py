@@ -18,6 +18,7 @@ round (``Trained.start``), so proximal terms need no state of their own.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -77,7 +78,7 @@ def local_train(trained: Sequence[Trained], batches: Iterable[tuple[Tensor, Tens
                     mine[k] = v
                     mine["total"] = mine["total"] + v
             total = float(mine["total"].detach())
-            if not torch.isfinite(torch.tensor(total)):
+            if not math.isfinite(total):
                 raise DivergenceError(rnd, cid, f"{t.name} loss", total)
         for t in trained:
             t.optimizer.zero_grad(set_to_none=True)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from psfl.config import RunConfig
+from psfl.config import RunConfig, channel_kwargs
 from psfl.errors import DivergenceError
-from psfl.optim import OPTIMIZERS, clipped_step, make_optimizer  # noqa: F401  (re-exported)
+from psfl.optim import make_optimizer  # noqa: F401  (re-exported for methods)
 from psfl.registry import Registry
 
 
@@ -357,7 +357,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     res = prepared.input
     mse_scale = mse_scale_for(prepared, cfg.train.mse_weight, cfg.train.mse_space)
     var = pixel_variance(prepared.x_train, res)
-    channel = create_channel(cfg.channel.name, **channel_kwargs(cfg))
+    channel = create_channel(cfg.channel.name, **channel_kwargs(cfg.channel))
 
     def clf_record(clf: Any, which: str) -> dict[str, Any]:
         info = getattr(clf, "info", None)
@@ -380,15 +380,3 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
         models=ModelFactory(cfg.seed, cfg.model.family, res.size, res.channels, channel, dev),
         seed=cfg.seed, cfg=cfg, provenance=provenance,
     )
-
-
-def channel_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    """Constructor arguments of the configured channel (fading ones take the equaliser,
-    Rician its K-factor)."""
-    import inspect
-
-    from psfl.channel import CHANNELS
-
-    params = inspect.signature(CHANNELS.get(cfg.channel.name)).parameters
-    kw = {"equalize": cfg.channel.equalizer, "k_factor": cfg.channel.rician_k}
-    return {k: v for k, v in kw.items() if k in params}

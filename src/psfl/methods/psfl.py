@@ -73,10 +73,10 @@ class PSFL(FederatedMethod):
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
-        from psfl.methods.validate import options_for
-
         """AGP's settings when pruning is off; the distillation's when PLD is off; the
         mentor assignment when an ablation fixes it."""
+        from psfl.methods.validate import options_for
+
         out = []
         if not (cls.use_agp and cfg.agp.enabled):
             out += ["agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases"]
@@ -161,8 +161,9 @@ class PSFL(FederatedMethod):
     def losses(self, out_m: Any, out_s: Any, x: torch.Tensor, y: torch.Tensor, bridge: SemanticBridge) -> Any:
         """Mentor and student loss terms of one batch: PLD, Eqs. 15-21."""
         t = self.cfg.train
-        return pld_losses(out_m, out_s, x, y, self.env.evaluators.loss_classifier, bridge, t.temperature, t.eps, self.distill,
-                          self.env.evaluators.mse_scale)
+        ev = self.env.evaluators
+        return pld_losses(out_m, out_s, x, y, ev.loss_classifier, bridge, t.temperature, t.eps, self.distill,
+                          ev.mse_scale)
 
     def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
         """Extra hooks of the local-training loop (a subclass's extension point); the AGP

@@ -58,10 +58,9 @@ class SingleModelMethod(FederatedMethod):
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
-        from psfl.methods.validate import options_for
-
         """PSFL's pruning, mentor and distillation settings, and the learning rate of the
         other model family (``train.lr`` for GSC models, ``train.student_lr`` for the CSC)."""
+        from psfl.methods.validate import options_for
         from psfl.models import MODELS
 
         tier = options_for(cfg, cls.name).model

@@ -214,7 +214,8 @@ def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None 
     runtime = {
         "psfl_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
-        "device": str(env.models.device), "device_info": device_info(env.models.device), "threads": torch.get_num_threads(),
+        "device": str(env.models.device), "device_info": device_info(env.models.device),
+        "threads": torch.get_num_threads(),
         "command": list(command) if command is not None else list(sys.argv),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
