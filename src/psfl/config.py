@@ -62,6 +62,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm per model (0 = off); keeps SGD on ViTs stable
     temperature: float = 1.0  # KD temperature in Eqs. 17-18
+    distill_weight: float = 1.0  # weight of L_dis in Eqs. 20-21 (the paper: 1)
+    semantic_weight: float = 1.0  # weight of L_sem in Eqs. 20-21 (the paper: 1)
     eps: float = 1e-6  # guard on the adaptive-weight divisors
     # The MSE(m, m_hat) term of Eqs. 15/16: its weight and the pixel space it is taken in.
     # "standardized" divides by the training set's pixel variance (MSE of z-scored
@@ -89,6 +91,12 @@ class AGPConfig:
     zeta_min: float = 0.0
     zeta_max: float = 0.9  # zeta = 1 would prune everything
     prune_biases: bool = False
+    # Where the paper is silent (issue-9 study, results/psfl-study/):
+    warmup_rounds: int = 0  # rounds trained dense before AGP starts ("from a certain round t")
+    score: str = "layer_normalised"  # which survivors go: layer_normalised | magnitude | per_layer
+    layer_floor: float = 0.0  # share of every tensor that is never pruned
+    regrow: str = "zeros"  # value of a regrown weight: zeros | dense (server's last value before pruning)
+    bn_recalibration: int = 0  # > 0: clients re-estimate the student's BN statistics on this many batches
 
 
 @dataclass
@@ -164,6 +172,14 @@ class RunConfig:
             (ch.rician_k >= 0 and finite(ch.rician_k), "channel.rician_k", "must be >= 0"),
             (a.psi_max_db > a.psi_min_db, "agp.psi_max_db", "must be > agp.psi_min_db"),
             (0 <= a.zeta_min <= a.zeta_max < 1, "agp.zeta_max", "need 0 <= zeta_min <= zeta_max < 1"),
+            (a.warmup_rounds >= 0, "agp.warmup_rounds", "must be >= 0"),
+            (a.score in AGP_SCORES, "agp.score", f"must be one of {', '.join(AGP_SCORES)}"),
+            (0 <= a.layer_floor < 1, "agp.layer_floor", "must be in [0, 1)"),
+            (a.regrow in AGP_REGROW, "agp.regrow", f"must be one of {', '.join(AGP_REGROW)}"),
+            (a.bn_recalibration >= 0, "agp.bn_recalibration", "must be >= 0 (0 = off)"),
+            (t.distill_weight >= 0 and finite(t.distill_weight), "train.distill_weight", "must be finite and >= 0"),
+            (t.semantic_weight >= 0 and finite(t.semantic_weight), "train.semantic_weight",
+             "must be finite and >= 0"),
             (self.energy.bandwidth_hz > 0 and finite(self.energy.bandwidth_hz), "energy.bandwidth_hz", "must be > 0"),
             (self.energy.power_w > 0 and finite(self.energy.power_w), "energy.power_w", "must be > 0"),
             (ev.epochs >= 1, "evaluator.epochs", "must be >= 1"),
@@ -269,6 +285,8 @@ class RunConfig:
 
 
 MSE_SPACES = ("standardized", "unit")
+AGP_SCORES = ("layer_normalised", "magnitude", "per_layer")  # psfl.fl.agp.SCORE_RULES
+AGP_REGROW = ("zeros", "dense")
 CHANNEL_PARAMS = (("equalizer", "equalize"), ("rician_k", "k_factor"))  # ChannelConfig field -> constructor
 
 

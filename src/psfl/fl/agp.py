@@ -1,14 +1,23 @@
 """Adaptive Global Pruning (AGP), Section III-B, Eq. 22, Algorithm 2.
 
-The server prunes the aggregated student by a ratio zeta_t set by the round's SNRs:
-global magnitude pruning (on layer-normalised magnitudes) of the conv/linear weight
-tensors (never normalisation layers; biases only if asked; :func:`prunable_keys`). When
-zeta_t falls, randomly chosen pruned positions are regrown (seeded) until the pruned
-share equals zeta_t. The mask travels with the model and is held
-during local training, so uploads stay sparse.
+The server prunes the aggregated student by a ratio zeta_t set by the round's SNRs
+(:func:`pruning_ratio`) over the conv/linear weight tensors (never normalisation layers;
+biases only if asked; :func:`prunable_keys`). Where the paper is silent, the rule is a
+setting (``[agp]`` in the run config, chosen by the issue-9 study):
+
+* which survivors go when zeta_t rises (``score``, :data:`SCORE_RULES`): the smallest
+  layer-normalised magnitudes globally, raw magnitudes globally, or every tensor to the
+  same share by its own magnitudes; a ``layer_floor`` keeps a share of every tensor;
+* which positions come back when zeta_t falls: uniformly random pruned positions (the
+  paper: weights are "added randomly"); their *values* (zero, or the server's dense copy)
+  are the method's concern (:class:`psfl.methods.psfl.PSFL`).
+
+The mask travels with the model and is held during local training (applied to the
+gradients before clipping and to the weights after each step), so uploads stay sparse.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -71,7 +80,7 @@ def pruned_share(mask: dict[str, Tensor]) -> float:
 
 
 def layer_normalised_magnitude(state: dict[str, Tensor], keys: list[str]) -> dict[str, Tensor]:
-    """|w| / RMS(w of its tensor): the score ranked globally by :func:`update_mask`.
+    """|w| / RMS(w of its tensor): the ``layer_normalised`` score, ranked globally.
 
     Plain global magnitude pruning compares raw |w| across layers, and layers with a
     small weight scale (e.g. the CSC's wide-fan-in transposed convolutions) are wiped
@@ -86,26 +95,73 @@ def layer_normalised_magnitude(state: dict[str, Tensor], keys: list[str]) -> dic
     return out
 
 
-def update_mask(state: dict[str, Tensor], mask: dict[str, Tensor] | None, zeta: float,
-                keys: list[str], generator: torch.Generator) -> dict[str, Tensor]:
-    """New mask with exactly round(zeta * n) pruned positions over ``keys``.
+def raw_magnitude(state: dict[str, Tensor], keys: list[str]) -> dict[str, Tensor]:
+    """|w|: the ``magnitude`` and ``per_layer`` score."""
+    return {k: state[k].abs() for k in keys}
 
-    More pruning than the current mask: global magnitude pruning (on layer-normalised
-    magnitudes, :func:`layer_normalised_magnitude`) of the survivors (already-pruned
-    positions stay pruned). Less: regrow uniformly random pruned
-    positions (drawn from ``generator``) until the pruned share equals zeta.
+
+# agp.score: name -> (score function, global ranking?). ``per_layer`` prunes every tensor
+# to the same share zeta by its own |w|; the other two rank all prunable weights at once.
+SCORE_RULES: dict[str, tuple] = {
+    "layer_normalised": (layer_normalised_magnitude, True),
+    "magnitude": (raw_magnitude, True),
+    "per_layer": (raw_magnitude, False),
+}
+
+
+def _prune_to(score: Tensor, keep: Tensor, target: int, protect: Tensor) -> Tensor:
+    """``keep`` with its smallest-scoring kept positions pruned until ``target`` positions
+    are pruned (already-pruned ones stay pruned; ``protect``ed ones are never pruned, so
+    fewer may be pruned than asked)."""
+    n = score.numel()
+    target = min(target, n - int(protect.sum()))
+    if target <= n - int(keep.sum()):
+        return keep
+    s = torch.where(keep, score, torch.full_like(score, -1.0))  # pruned ones sort first
+    s = torch.where(protect, torch.full_like(score, float("inf")), s)
+    order = torch.argsort(s, stable=True)
+    out = torch.ones(n, dtype=torch.bool, device=score.device)
+    out[order[:target]] = False
+    return out
+
+
+def update_mask(state: dict[str, Tensor], mask: dict[str, Tensor] | None, zeta: float,
+                keys: list[str], generator: torch.Generator, score: str = "layer_normalised",
+                layer_floor: float = 0.0) -> dict[str, Tensor]:
+    """New mask with round(zeta * n) pruned positions over ``keys`` (fewer only where
+    ``layer_floor`` forbids).
+
+    More pruning than the current mask: the survivors with the smallest ``score``
+    (:data:`SCORE_RULES`) are pruned, globally or per tensor; already-pruned positions stay
+    pruned; in every tensor the ceil(layer_floor * n_k) best-scoring weights are never
+    pruned. Less: uniformly random pruned positions (drawn from ``generator``) are regrown
+    until the pruned share equals zeta (Algorithm 2: "added randomly").
     """
-    w = _flat(layer_normalised_magnitude(state, keys), keys)
+    score_fn, global_rank = SCORE_RULES[score]
+    scores = score_fn(state, keys)
+    w = _flat(scores, keys)
     n = w.numel()
     target = int(round(zeta * n))
     keep = torch.ones(n, dtype=torch.bool) if mask is None else _flat(mask, keys).bool()
     keep = keep.to(w.device)  # the mask follows the state's device
+    protect = torch.zeros(n, dtype=torch.bool, device=w.device)
+    if layer_floor > 0:
+        i = 0
+        for k in keys:
+            nk = scores[k].numel()
+            top = torch.topk(scores[k].reshape(-1), math.ceil(layer_floor * nk)).indices
+            protect[i + top] = True
+            i += nk
     pruned_now = n - int(keep.sum())
-    if target > pruned_now:  # prune more: smallest |w| among kept positions
-        score = torch.where(keep, w, torch.full_like(w, -1.0))  # pruned ones sort first
-        order = torch.argsort(score, stable=True)
-        keep = torch.ones(n, dtype=torch.bool, device=w.device)
-        keep[order[:target]] = False
+    if target > pruned_now and global_rank:
+        keep = _prune_to(w, keep, target, protect)
+    elif target > pruned_now:  # per_layer: every tensor to its own share zeta
+        i = 0
+        for k in keys:
+            nk = scores[k].numel()
+            sl = slice(i, i + nk)
+            keep[sl] = _prune_to(w[sl], keep[sl], int(round(zeta * nk)), protect[sl])
+            i += nk
     elif target < pruned_now:  # regrow random pruned positions
         pruned_idx = torch.nonzero(~keep).squeeze(1)
         pick = torch.randperm(pruned_idx.numel(), generator=generator)[: pruned_now - target]  # CPU: same on any device

@@ -114,3 +114,34 @@ class HoldMask(LocalHook):
     def after_step(self, t: Trained) -> None:
         if t.name == self.name:
             mask_parameters_(self.params, self.mask)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                   forward: Callable[[Tensor], Any]) -> int:
+    """Re-estimate every BatchNorm's running mean/variance of ``model`` for its current
+    weights: the statistics are reset and averaged cumulatively (``momentum=None``) over
+    ``forward(x)`` of the given batches, in train mode, without gradients. AGP changes the
+    weights under BatchNorm at every mask change; the exponential running averages of
+    local training still carry statistics of the old weights. Returns the batch count
+    (0: the model has no BatchNorm or no batch came; then nothing changed)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    n = 0
+    for x, _ in batches:
+        forward(x)
+        n += 1
+    model.train(was_training)
+    for m, (momentum, mean, var, count) in zip(norms, saved):
+        m.momentum = momentum
+        if n == 0:
+            m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+    return n

@@ -10,6 +10,9 @@ Per batch, mentor (GSC) and student (CSC) see the same images over the same chan
     totals:    L'_total = L'_task + L'_dis + L'_sem                        (20)
                L_total  = L_task  + L_dis  + L_sem                         (21)
 
+The paper sums the terms with weight 1; ``distill_weight`` and ``semantic_weight``
+(``train.*`` in the run config) scale L_dis and L_sem in both totals (1 = the paper).
+
 Gradient routing. Each model distils towards the *other's detached* prediction, and the
 divisors of Eqs. 17-19 act as weights: they are detached (so a model cannot lower its
 distillation loss by inflating the other's task loss) and guarded by ``eps``. Eq. 19 is
@@ -125,7 +128,8 @@ def task_terms(out: SCOutput, x: Tensor, y: Tensor, classifier: nn.Module, mse_s
 
 def pld_losses(mentor_out: SCOutput, student_out: SCOutput, x: Tensor, y: Tensor,
                classifier: nn.Module, bridge: SemanticBridge, temperature: float = 1.0,
-               eps: float = 1e-6, distill: bool = True, mse_scale: float = 1.0) -> PLDLosses:
+               eps: float = 1e-6, distill: bool = True, mse_scale: float = 1.0,
+               distill_weight: float = 1.0, semantic_weight: float = 1.0) -> PLDLosses:
     """All PLD terms for one batch (Eqs. 15-21). ``distill=False`` keeps only the task
     losses (the 'without PLD distillation' baseline)."""
     m, m_logits = task_terms(mentor_out, x, y, classifier, mse_scale)
@@ -140,6 +144,6 @@ def pld_losses(mentor_out: SCOutput, student_out: SCOutput, x: Tensor, y: Tensor
     else:
         zero = x.new_zeros(())
         m["dis"] = m["sem"] = s["dis"] = s["sem"] = zero
-    m["total"] = m["task"] + m["dis"] + m["sem"]  # (20)
-    s["total"] = s["task"] + s["dis"] + s["sem"]  # (21)
+    m["total"] = m["task"] + distill_weight * m["dis"] + semantic_weight * m["sem"]  # (20)
+    s["total"] = s["task"] + distill_weight * s["dis"] + semantic_weight * s["sem"]  # (21)
     return PLDLosses(m, s, m_logits, s_logits)

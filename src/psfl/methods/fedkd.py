@@ -52,6 +52,11 @@ class FedKD(PSFL):
     Options = FedKDOptions
     use_agp = False
 
+    @classmethod
+    def unused_fields(cls, cfg) -> list[str]:
+        """PSFL's, plus PLD's term weights: FedKD's losses have their own form."""
+        return super().unused_fields(cfg) + ["train.distill_weight", "train.semantic_weight"]
+
     def __init__(self, env, options: FedKDOptions | None = None, cfg=None) -> None:
         super().__init__(env, options, cfg)
         self.keys = wire_keys(self.template)
@@ -98,7 +103,7 @@ class FedKD(PSFL):
         state["synced"] = clone_state(synced)
         return synced, None  # no mask to hold
 
-    def send(self, state, rnd, student):
+    def send(self, state, rnd, student, mask):
         return self._svd({k: student[k].float() - state["synced"][k].float() for k in self.keys}, rnd)
 
     def losses(self, out_m, out_s, x, y, bridge):

@@ -7,6 +7,13 @@ the sparse student; the server decodes the uploads from their bytes and aggregat
 them weighted by N_k (Eq. 10). Mentors (and their optimiser state and semantic bridge)
 never leave the client.
 
+Where the paper is silent, AGP's rules are ``[agp]`` settings (see
+:mod:`psfl.fl.agp`): ``warmup_rounds`` (dense rounds before pruning starts), ``score`` and
+``layer_floor`` (which survivors go), ``regrow`` (a regrown weight restarts at zero or at
+the server's dense copy: its last aggregated value before it was pruned) and
+``bn_recalibration`` (clients re-estimate the student's BatchNorm statistics before
+uploading). The upload carries the kept values only: the mask came with the broadcast.
+
 Options (``method_options.psfl``): ``distill`` (default true). The ablations fix the
 mentor rule (``psfl-no-pld``: every mentor GSC-M) or switch AGP off (``psfl-no-agp``).
 """
@@ -21,7 +28,7 @@ from torch import nn
 
 from psfl.fl.agp import apply_mask, prunable_keys, pruned_share, pruning_ratio, update_mask
 from psfl.fl.aggregate import fedavg
-from psfl.fl.local import HoldMask, LocalHook, Trained, local_train
+from psfl.fl.local import HoldMask, LocalHook, Trained, local_train, recalibrate_bn
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
 from psfl.errors import PsflError
@@ -29,7 +36,7 @@ from psfl.methods.base import (
     METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_state_finite, clone_state,
     local_batches, make_generator, make_optimizer,
 )
-from psfl.methods.wire import decode_masked, decode_model, encode_masked, encode_model
+from psfl.methods.wire import decode_kept, decode_masked, encode_kept, encode_masked
 
 
 def _mean(values: list[float]) -> float:
@@ -79,10 +86,11 @@ class PSFL(FederatedMethod):
 
         out = []
         if not (cls.use_agp and cfg.agp.enabled):
-            out += ["agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases"]
+            out += ["agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases",
+                    "agp.warmup_rounds", "agp.score", "agp.layer_floor", "agp.regrow", "agp.bn_recalibration"]
             out += [] if cls.use_agp else ["agp.enabled"]
         if not options_for(cfg, cls.name).distill:
-            out += ["train.temperature", "train.eps"]
+            out += ["train.temperature", "train.eps", "train.distill_weight", "train.semantic_weight"]
         if cls.mentor_rule:
             out += ["model.mentor_rule", "model.mentors"]
         return out
@@ -110,25 +118,41 @@ class PSFL(FederatedMethod):
         self.bridges: dict[str, SemanticBridge] = {}
         self.global_state: dict[str, torch.Tensor] = {}
         self.mask: dict[str, torch.Tensor] | None = None
+        self.dense: dict[str, torch.Tensor] | None = None  # agp.regrow = "dense": last value of every weight
         self.zeta = 0.0
 
     # ---------------------------------------------------------------- server side
     def init_server(self) -> None:
         self.global_state = clone_state(self.template)
         self.mask = None
+        self.dense = None
+
+    def zeta_for(self, rnd: int, snrs_db: np.ndarray) -> float:
+        """Eq. 22's ratio for round ``rnd``; 0 while AGP is off or warming up."""
+        agp = self.cfg.agp
+        if not self.agp or rnd < agp.warmup_rounds:
+            return 0.0
+        return pruning_ratio(snrs_db, agp.psi_min_db, agp.psi_max_db, agp.zeta_min, agp.zeta_max)
 
     def broadcast(self, rnd: int, snrs_db: np.ndarray) -> tuple[bytes, dict[str, float]]:
         agp = self.cfg.agp
-        zeta = pruning_ratio(snrs_db, agp.psi_min_db, agp.psi_max_db, agp.zeta_min, agp.zeta_max) if self.agp else 0.0
+        zeta = self.zeta_for(rnd, snrs_db)
+        if agp.regrow == "dense":  # remember the latest value of every kept weight
+            old = self.mask or {}
+            self.dense = {k: torch.where(old[k].bool(), v, self.dense[k]) if self.dense and k in old else v.clone()
+                          for k, v in self.global_state.items() if k in self.mask_keys}
         g = make_generator(self.cfg.seed, 0xA6B, rnd)
-        self.mask = update_mask(self.global_state, self.mask, zeta, self.mask_keys, g)  # Eq. 22 + regrow
+        self.mask = update_mask(self.global_state, self.mask, zeta, self.mask_keys, g,
+                                agp.score, agp.layer_floor)  # Eq. 22 + regrow
+        if self.dense is not None:  # regrown weights restart from their last value
+            self.global_state.update({k: self.dense[k].clone() for k in self.mask_keys})
         self.global_state = apply_mask(self.global_state, self.mask)
         self.zeta = zeta
         payload = encode_masked(self.global_state, self.mask)  # Eq. 23 broadcast
         return payload, {"zeta": zeta, "pruned_share": pruned_share(self.mask)}
 
     def aggregate(self, rnd: int, uploads: list[Upload]) -> dict[str, float]:
-        states = [decode_model(u.payload, self.global_state) for u in uploads]
+        states = [decode_kept(u.payload, self.global_state, self.mask) for u in uploads]
         avg = fedavg(states, [u.num_samples for u in uploads])  # Eq. 10
         self.global_state.update(avg)
         return {}
@@ -138,10 +162,11 @@ class PSFL(FederatedMethod):
         return self.student
 
     def server_state(self) -> dict[str, Any]:
-        return {"global": self.global_state, "mask": self.mask, "zeta": self.zeta}
+        return {"global": self.global_state, "mask": self.mask, "zeta": self.zeta, "dense": self.dense}
 
     def load_server_state(self, state: dict[str, Any]) -> None:
         self.global_state, self.mask, self.zeta = state["global"], state["mask"], state["zeta"]
+        self.dense = state.get("dense")
 
     def round_metrics(self, clients: list[dict[str, Any]]) -> dict[str, float]:
         """``psfl_accuracy``: the paper's PSFL accuracy, the mean mentor accuracy."""
@@ -154,16 +179,18 @@ class PSFL(FederatedMethod):
         down, mask = decode_masked(payload, self.template, self.mask_keys)
         return {**self.template, **down}, {k: m.to(self.env.models.device) for k, m in mask.items()}
 
-    def send(self, state: dict[str, Any], rnd: int, student: dict[str, torch.Tensor]) -> bytes:
-        """The trained student -> upload bytes (masked entries cost nothing but positions)."""
-        return encode_model(student, sparse=set(self.mask_keys))
+    def send(self, state: dict[str, Any], rnd: int, student: dict[str, torch.Tensor],
+             mask: dict[str, torch.Tensor] | None) -> bytes:
+        """The trained student -> upload bytes: the kept values only (the server knows
+        the mask it broadcast; pruned positions cost nothing)."""
+        return encode_kept(student, {k: m.cpu() for k, m in (mask or {}).items()})
 
     def losses(self, out_m: Any, out_s: Any, x: torch.Tensor, y: torch.Tensor, bridge: SemanticBridge) -> Any:
         """Mentor and student loss terms of one batch: PLD, Eqs. 15-21."""
         t = self.cfg.train
         ev = self.env.evaluators
         return pld_losses(out_m, out_s, x, y, ev.loss_classifier, bridge, t.temperature, t.eps, self.distill,
-                          ev.mse_scale)
+                          ev.mse_scale, t.distill_weight, t.semantic_weight)
 
     def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
         """Extra hooks of the local-training loop (a subclass's extension point); the AGP
@@ -216,12 +243,15 @@ class PSFL(FederatedMethod):
                  *self.local_hooks(cid, state, rnd)]
         batches = local_batches(data.x, data.y, t.batch_size, t.local_steps, t.local_epochs, generator)
         metrics = local_train(trained, batches, objective, hooks, t.grad_clip, rnd, cid)
+        if self.agp and cfg.agp.bn_recalibration:  # statistics of the final (masked) weights
+            recal = local_batches(data.x, data.y, t.batch_size, cfg.agp.bn_recalibration, 0, generator)
+            recalibrate_bn(student, recal, lambda x: student(x, snr_db, generator=generator))
         check_state_finite(mentor.state_dict(), rnd, cid, "mentor weight")
         check_state_finite(student.state_dict(), rnd, cid, "student weight")
         state["mentor"] = clone_state(mentor.state_dict())
         state["bridge"] = clone_state(bridge.state_dict())
         state["opt"] = clone_state(opt_m.state_dict())
-        upload = self.send(state, rnd, {k: v.detach().cpu() for k, v in student.state_dict().items()})
+        upload = self.send(state, rnd, {k: v.detach().cpu() for k, v in student.state_dict().items()}, mask)
         metrics["mentor_acc"] = env.local_accuracy(mentor, cid, rnd, snr_db)
         metrics["student_acc"] = env.local_accuracy(student, cid, rnd, snr_db)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services

@@ -49,8 +49,9 @@ class CSCOptions(SingleModelOptions):
 
 
 PSFL_ONLY = ("agp.enabled", "agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", "agp.zeta_max", "agp.prune_biases",
+             "agp.warmup_rounds", "agp.score", "agp.layer_floor", "agp.regrow", "agp.bn_recalibration",
              "model.student", "model.mentor_rule", "model.mentors", "model.mentor_init", "train.temperature",
-             "train.eps")
+             "train.eps", "train.distill_weight", "train.semantic_weight")
 
 
 class SingleModelMethod(FederatedMethod):

@@ -6,8 +6,10 @@
   that is smaller than dense float32; the rest are dense float32.
 * :func:`encode_masked` / :func:`decode_masked` — AGP's broadcast: the pruning mask as
   one bit per prunable weight (the client must know it to hold it during training; a
-  regrown weight is exactly zero, so the mask cannot be inferred from the values)
-  followed by the kept values only.
+  kept weight may be exactly zero, so the mask cannot be inferred from the values)
+  followed by the kept values only (:func:`encode_kept`).
+* :func:`encode_kept` / :func:`decode_kept` — an upload under a mask both ends hold
+  (PSFL's clients got it with the broadcast): the kept values only, no positions.
 
 Integer buffers (BatchNorm's ``num_batches_tracked``) never travel: they carry no
 model information.
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from psfl.codecs import decode_state, encode_state
+from psfl.errors import PsflError
 
 
 def wire_keys(state: dict[str, Tensor]) -> list[str]:
@@ -49,16 +52,42 @@ def decode_model(payload: bytes, template: dict[str, Tensor]) -> dict[str, Tenso
     return {k: got[k].to(template[k].dtype).view_as(template[k]) for k in keys}
 
 
-def encode_masked(state: dict[str, Tensor], mask: dict[str, Tensor]) -> bytes:
-    """Mask bits (prunable entries, in ``mask`` order) + kept values + the other entries."""
-    mkeys = list(mask)
-    bits = np.packbits(torch.cat([mask[k].reshape(-1).cpu() for k in mkeys]).numpy().astype(bool))
+def encode_kept(state: dict[str, Tensor], mask: dict[str, Tensor]) -> bytes:
+    """The floating-point entries of ``state`` with only the kept values of the masked
+    ones (in flat order); the receiver knows ``mask``. Values at pruned positions are
+    not sent (the sender holds them at zero)."""
     values = {}
     for k in wire_keys(state):
         v = state[k].detach().float()
-        values[k] = v.reshape(-1)[mask[k].reshape(-1).bool()].contiguous() if k in mask else v.contiguous()
-    body = encode_state(values, lambda name, t: ("dense", {}))
-    return struct.pack("<I", bits.size) + bits.tobytes() + body
+        values[k] = v.reshape(-1)[mask[k].reshape(-1).bool().to(v.device)].contiguous() if k in mask \
+            else v.contiguous()
+    return encode_state(values, lambda name, t: ("dense", {}))
+
+
+def decode_kept(payload: bytes, template: dict[str, Tensor], mask: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`encode_kept`: pruned positions come back as zeros. A payload
+    whose kept-value count does not match ``mask`` is refused."""
+    keys = wire_keys(template)
+    got = decode_state(payload, keys)
+    state = {}
+    for k in keys:
+        if k in mask:
+            keep = mask[k].reshape(-1).bool().cpu()
+            if got[k].numel() != int(keep.sum()):
+                raise PsflError(f"masked payload: entry {k!r} has {got[k].numel()} values for "
+                                f"{int(keep.sum())} kept positions")
+            full = torch.zeros(template[k].numel(), dtype=torch.float32)
+            full[keep] = got[k].reshape(-1)
+            state[k] = full.view_as(template[k]).to(template[k].dtype)
+        else:
+            state[k] = got[k].view_as(template[k]).to(template[k].dtype)
+    return state
+
+
+def encode_masked(state: dict[str, Tensor], mask: dict[str, Tensor]) -> bytes:
+    """Mask bits (prunable entries, in ``mask`` order) + :func:`encode_kept`."""
+    bits = np.packbits(torch.cat([mask[k].reshape(-1).cpu() for k in mask]).numpy().astype(bool))
+    return struct.pack("<I", bits.size) + bits.tobytes() + encode_kept(state, mask)
 
 
 def decode_masked(payload: bytes, template: dict[str, Tensor], mask_keys: list[str]
@@ -72,14 +101,4 @@ def decode_masked(payload: bytes, template: dict[str, Tensor], mask_keys: list[s
         n = template[k].numel()
         mask[k] = torch.from_numpy(flat[i:i + n].astype(np.float32)).view_as(template[k])
         i += n
-    keys = wire_keys(template)
-    got = decode_state(payload[4 + nbytes:], keys)
-    state = {}
-    for k in keys:
-        if k in mask:
-            full = torch.zeros(template[k].numel(), dtype=torch.float32)
-            full[mask[k].reshape(-1).bool()] = got[k].reshape(-1)
-            state[k] = full.view_as(template[k]).to(template[k].dtype)
-        else:
-            state[k] = got[k].view_as(template[k]).to(template[k].dtype)
-    return state, mask
+    return decode_kept(payload[4 + nbytes:], template, mask), mask

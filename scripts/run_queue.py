@@ -1,0 +1,73 @@
+"""Run a queue of psfl runs one after another, resumably (issue #9's study).
+
+Each line of the queue file: ``NAME SEED METHOD [KEY=VALUE ...]``; blank lines and ``#``
+comments are skipped. Run NAME/seedSEED goes to ``OUT/NAME/seedSEED``: skipped when its
+metrics already hold every round, resumed from its checkpoint when interrupted, started
+otherwise. Several queue processes may share a file: a run is claimed by creating its
+directory's ``.claim`` file first (one process per run).
+
+    python scripts/run_queue.py QUEUE --config configs/psfl-study.toml \
+        --data-dir ../shared/data --out results/psfl-study/runs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+
+def rounds_done(run: Path) -> int:
+    m = run / "metrics.jsonl"
+    return sum(1 for line in m.read_text().splitlines() if line.strip()) if m.is_file() else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("queue")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rounds", type=int, default=0, help="expected rounds (default: from the config)")
+    args = ap.parse_args()
+    psfl = [sys.executable, "-m", "psfl"]
+    if not args.rounds:
+        import tomllib
+
+        args.rounds = tomllib.loads(Path(args.config).read_text())["rounds"]
+    for line in Path(args.queue).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, seed, method, *sets = shlex.split(line)
+        run = Path(args.out) / name / f"seed{seed}"
+        if rounds_done(run) >= args.rounds:
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(run / ".claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        except FileExistsError:
+            continue  # another queue process has it
+        try:
+            if (run / "checkpoint.pt").is_file():
+                cmd = psfl + ["run", "--resume", str(run), "--no-progress"]
+            else:
+                cmd = psfl + ["run", "--config", args.config, "--data-dir", args.data_dir, "--out", str(run),
+                              "--no-progress", "--set", f"method={method}", "--set", f"seed={seed}"]
+                for s in sets:
+                    cmd += ["--set", s]
+            print(" ".join(cmd), flush=True)
+            (run / "command.txt").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n")
+            rc = subprocess.call(cmd, stdout=open(run / "log.txt", "a"), stderr=subprocess.STDOUT)
+            print(f"{name} seed {seed}: rc={rc}", flush=True)
+        finally:
+            (run / ".claim").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
