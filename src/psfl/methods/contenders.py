@@ -25,9 +25,13 @@ broadcasts the full-precision global model. T_k = 0.05 (TTQ's threshold factor);
 FedPAQ (Reisizadeh et al., AISTATS 2020). Partial participation: r = ceil(frac * K)
 clients drawn uniformly without replacement each round (seeded; option ``participation``,
 default 0.5); each runs the local budget (tau steps), quantises its model update with
-QSGD's unbiased s-level stochastic quantiser per tensor (codec ``qsgd``: norm, signs and
-levels), and the server adds the plain mean of the de-quantised updates to the global
-model. s = 16 levels (option ``s``); the global model is broadcast dense.
+QSGD's unbiased s-level stochastic quantiser, and the server adds the plain mean of the
+de-quantised updates to the global model. s = 16 levels (option ``s``); the global model
+is broadcast dense. As in the QSGD paper (Alistarh et al. 2017, bucket size d = 512),
+every tensor is quantised in buckets of ``bucket`` consecutive elements, each with its own
+norm (option ``bucket``; 0 = one norm per tensor: then with s = 16 almost every level of a
+large tensor is 0 or 1 and s is nominal). Each bucket is one ``qsgd`` codec entry (norm,
+signs and levels, fixed-width or Elias-coded; its entry header is counted in Z).
 """
 from __future__ import annotations
 
@@ -85,10 +89,12 @@ class FTTQOptions(SingleModelOptions):
 class FedPAQOptions(SingleModelOptions):
     s: int = 16  # QSGD levels
     participation: float = 0.5  # share of clients drawn per round
+    bucket: int = 512  # QSGD bucket size (the QSGD paper's d = 512); 0 = one norm per tensor
 
     def check(self, where: str) -> None:
         super().check(where)
         _require(self.s >= 1, f"{where}.s", "must be >= 1")
+        _require(self.bucket >= 0, f"{where}.bucket", "must be >= 0 (0 = one bucket per tensor)")
         _require(0 < self.participation <= 1, f"{where}.participation", "must be in (0, 1]")
 
 
@@ -237,16 +243,27 @@ class FedPAQ(SingleModelMethod):
         g = make_generator(self.cfg.seed, 0xFA9, rnd)
         return sorted(torch.randperm(num_clients, generator=g)[:r].tolist())
 
+    def _buckets(self, k: str) -> list[tuple[int, int]]:
+        n = self.template[k].numel()
+        d = self.options.bucket or max(n, 1)
+        return [(i, min(i + d, n)) for i in range(0, n, d)] or [(0, 0)]
+
     def encode_up(self, cid, state, local, start, generator) -> bytes:
         upd = _sub(local, start, self.keys)
-        norms, quantised = {}, {}
+        norms, quantised = [], []
         for k in self.keys:  # the stochastic rounding is drawn here; the codec stores it exactly
-            norms[k], signs, levels = qsgd_quantize(upd[k], self.s, generator)
-            quantised[k] = qsgd_dequantize(norms[k], signs, levels, self.s).view_as(upd[k])
-        return encode_state(quantised, lambda name, t: ("qsgd", {"s": self.s, "norm": norms[name]}))
+            flat = upd[k].reshape(-1)
+            for a, b in self._buckets(k):
+                norm, signs, levels = qsgd_quantize(flat[a:b], self.s, generator)
+                norms.append(norm)
+                quantised.append(qsgd_dequantize(norm, signs, levels, self.s))
+        return encode_state(quantised, lambda i, t: ("qsgd", {"s": self.s, "norm": norms[int(i)]}))
 
     def decode_up(self, payload: bytes) -> dict[str, Tensor]:
-        return decode_state(payload, self.keys)
+        names = [f"{k}[{a}:{b}]" for k in self.keys for a, b in self._buckets(k)]
+        got = decode_state(payload, names)
+        return {k: torch.cat([got[f"{k}[{a}:{b}]"].reshape(-1) for a, b in self._buckets(k)])
+                .view_as(self.template[k]) for k in self.keys}
 
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
         avg = _mean(decoded, self.keys)  # x_{k+1} = x_k + (1/r) sum_i Q(x_i - x_k)
