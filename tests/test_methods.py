@@ -97,7 +97,7 @@ def test_fedpaq_buckets_have_their_own_norms():
     upd = {"w": torch.randn(40, 50, generator=g), "b": torch.randn(7, generator=g)}
     err, levels_seen = {}, {}
     for bucket in (0, 512):
-        m = object.__new__(FedPAQ)
+        m = object.__new__(FedPAQ)  # only its wire format is exercised
         m.template, m.keys, m.s, m.options = template, ["w", "b"], 16, FedPAQOptions(bucket=bucket)
         payload = m.encode_up(0, {}, upd, template, torch.Generator().manual_seed(1))
         got = m.decode_up(payload)
@@ -118,3 +118,34 @@ def test_fedpaq_buckets_have_their_own_norms():
         levels_seen[bucket] = top
     assert levels_seen[0] <= 2 < levels_seen[512]  # one norm for 2,000 weights: s is nominal
     assert err[512] < 0.5 * err[0]
+
+
+def test_psfl_plus_upload_is_the_quantised_update_of_kept_weights():
+    """psfl-plus: the server recovers received + Q(update) at kept positions (each
+    element within QSGD's bound norm/s of the true weight), zero at pruned ones, and the
+    other entries exactly; the payload is far below PSFL's float32 kept values."""
+    from psfl.methods.psfl import PSFL, PSFLPlus, PSFLPlusOptions
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (30, 40), "b": (40,), "bn.running_var": (40,)}
+    down = {k: torch.randn(*v, generator=g) for k, v in shapes.items()}
+    mask = {"w": (torch.rand(30, 40, generator=g) > 0.4).float()}
+    down["w"] *= mask["w"]
+    student = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in down.items()}
+    student["w"] *= mask["w"]
+    plus, plain = object.__new__(PSFLPlus), object.__new__(PSFL)  # only their wire formats are exercised
+    for m in (plus, plain):
+        m.mask_keys, m.global_state, m.mask = ["w"], {k: v.clone() for k, v in down.items()}, mask
+    plus.options = PSFLPlusOptions(s=16, bucket=512)
+    payload = plus.send({}, 0, student, down, mask, torch.Generator().manual_seed(1))
+    got = plus.decode_upload(payload)
+    assert torch.equal(got["b"], student["b"]) and torch.equal(got["bn.running_var"], student["bn.running_var"])
+    keep = mask["w"].bool()
+    assert torch.all(got["w"][~keep] == 0)
+    upd = (student["w"] - down["w"])[keep]
+    bound = max(float(upd[a:a + 512].norm()) for a in range(0, upd.numel(), 512)) / 16
+    err = (got["w"][keep] - student["w"][keep]).abs().max()
+    assert 0 < err <= bound + 1e-6
+    plain_payload = plain.send({}, 0, student, down, mask, torch.Generator())
+    assert torch.equal(plain.decode_upload(plain_payload)["w"], student["w"])
+    assert len(payload) < 0.4 * len(plain_payload)

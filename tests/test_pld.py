@@ -165,3 +165,17 @@ def test_without_distillation_only_task_terms():
     L = pld_losses(mentor(x), student(x), x, y, clf, bridge, distill=False)
     assert L.mentor["total"].item() == pytest.approx(L.mentor["task"].item())
     assert L.student["total"].item() == pytest.approx(L.student["task"].item())
+
+
+def test_term_weights_scale_dis_and_sem_in_both_totals():
+    """Eqs. 20-21 with train.distill_weight / semantic_weight: total = task + a dis + b sem,
+    the terms themselves unchanged (1, 1 = the paper)."""
+    mentor, student, clf, bridge, x, y = _setup()
+    om, os_ = mentor(x), student(x)
+    one = pld_losses(om, os_, x, y, clf, bridge)
+    w = pld_losses(om, os_, x, y, clf, bridge, distill_weight=0.25, semantic_weight=3.0)
+    for a, b in ((one.mentor, w.mentor), (one.student, w.student)):
+        assert b["dis"].item() == a["dis"].item() and b["sem"].item() == a["sem"].item() > 0
+        hand = a["task"].item() + 0.25 * a["dis"].item() + 3.0 * a["sem"].item()
+        assert b["total"].item() == pytest.approx(hand, rel=1e-6)
+        assert a["total"].item() == pytest.approx(a["task"].item() + a["dis"].item() + a["sem"].item(), rel=1e-6)

@@ -97,7 +97,7 @@ def _all_fields(cls=RunConfig, prefix=""):
 
 SWEEP_METHODS = ["psfl"] + [pytest.param(m, marks=pytest.mark.slow) for m in
                             ("psfl-no-pld", "psfl-no-agp", "fedavg", "fedavg-csc", "stc", "fttq", "fedpaq",
-                             "fedprox", "fedkd")]
+                             "fedprox", "fedkd", "psfl-plus")]
 
 
 @pytest.mark.parametrize("method", SWEEP_METHODS)
@@ -115,7 +115,8 @@ def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method):
             "psfl-no-pld": '"psfl-no-pld" = {distill = false}', "psfl-no-agp": '"psfl-no-agp" = {distill = false}',
             "fedavg": 'fedavg = {model = "L"}', "fedavg-csc": '"fedavg-csc" = {model = "M"}',
             "stc": "stc = {p = 0.5}", "fttq": "fttq = {t = 0.2}", "fedpaq": "fedpaq = {s = 4}",
-            "fedprox": "fedprox = {mu = 0.5}", "fedkd": "fedkd = {t_start = 0.5, t_end = 0.6}"}[method]
+            "fedprox": "fedprox = {mu = 0.5}", "fedkd": "fedkd = {t_start = 0.5, t_end = 0.6}",
+            "psfl-plus": "\"psfl-plus\" = {s = 4}"}[method]
     base = tiny_overrides(cache, rounds=1, method=method)
     over = {o.split("=", 1)[0]: o for o in base}
 

@@ -23,7 +23,8 @@ from psfl.codecs.base import CODECS, Codec, codec_by_id, decode, encode, registe
 from psfl.codecs.dense import DenseCodec, dense_nbytes
 from psfl.codecs.ops import (ef_correct, ef_residual, ef_step, qsgd_dequantize, qsgd_quantize, topk_k,
                              topk_ternarize, ttq_dequantize, ttq_quantize)
-from psfl.codecs.qsgd import QSGD_VARIANTS, QSGDCodec, decode_qsgd, encode_qsgd, qsgd_variant_nbytes
+from psfl.codecs.qsgd import (QSGD_VARIANTS, QSGDCodec, decode_qsgd, decode_qsgd_buckets, encode_qsgd,
+                              encode_qsgd_buckets, qsgd_variant_nbytes)
 from psfl.codecs.sparse import SPARSE_VARIANTS, SparseCodec, sparse_nbytes, sparse_variant_nbytes
 from psfl.codecs.state import always, decode_state, encode_state, payload_bits
 from psfl.codecs.stc import (STCCodec, stc_expected_bits, stc_golomb_bits, stc_golomb_parameter,
@@ -39,6 +40,7 @@ __all__ = [
     "Ternary2BitCodec", "ternary2bit_nbytes",
     "SVDCodec", "svd_rank", "svd_nbytes", "energy_threshold", "matrix_shape",
     "QSGDCodec", "QSGD_VARIANTS", "encode_qsgd", "decode_qsgd", "qsgd_variant_nbytes",
+    "encode_qsgd_buckets", "decode_qsgd_buckets",
     "topk_k", "topk_ternarize", "ttq_quantize", "ttq_dequantize", "qsgd_quantize", "qsgd_dequantize",
     "ef_correct", "ef_residual", "ef_step",
     "encode_state", "decode_state", "always", "payload_bits",

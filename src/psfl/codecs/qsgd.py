@@ -134,3 +134,36 @@ class QSGDCodec:
     def decode(payload: bytes, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
         norm, signs, levels, s = decode_qsgd(payload, numel_of(shape))
         return qsgd_dequantize(norm, signs, levels, s).reshape(tuple(shape)).to(dtype)
+
+
+def _bucket_spans(numel: int, bucket: int) -> list[tuple[int, int]]:
+    d = bucket or max(numel, 1)
+    return [(i, min(i + d, numel)) for i in range(0, numel, d)] or [(0, 0)]
+
+
+def encode_qsgd_buckets(tensors: dict[str, Tensor], s: int, bucket: int, generator: torch.Generator) -> bytes:
+    """QSGD in buckets (Alistarh et al. 2017: each run of ``bucket`` consecutive elements
+    of a flattened tensor is quantised with its own norm; 0 = one bucket per tensor): one
+    ``qsgd`` codec entry per bucket, in key order. The stochastic rounding is drawn from
+    ``generator``; the bytes store the result exactly."""
+    from psfl.codecs.ops import qsgd_dequantize, qsgd_quantize
+    from psfl.codecs.state import encode_state
+
+    norms, parts = [], []
+    for t in tensors.values():
+        flat = t.detach().reshape(-1).float()
+        for a, b in _bucket_spans(flat.numel(), bucket):
+            norm, signs, levels = qsgd_quantize(flat[a:b], s, generator)
+            norms.append(norm)
+            parts.append(qsgd_dequantize(norm, signs, levels, s))
+    return encode_state(parts, lambda i, t: ("qsgd", {"s": s, "norm": norms[int(i)]}))
+
+
+def decode_qsgd_buckets(payload: bytes, like: dict[str, Tensor], bucket: int) -> dict[str, Tensor]:
+    """Inverse of :func:`encode_qsgd_buckets`: float32 tensors shaped as ``like``."""
+    from psfl.codecs.state import decode_state
+
+    spans = {k: _bucket_spans(v.numel(), bucket) for k, v in like.items()}
+    got = decode_state(payload, [f"{k}[{a}:{b}]" for k, sp in spans.items() for a, b in sp])
+    return {k: torch.cat([got[f"{k}[{a}:{b}]"].reshape(-1) for a, b in sp]).view(like[k].shape)
+            for k, sp in spans.items()}

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from psfl.codecs import (decode_state, ef_step, encode_state, qsgd_dequantize, qsgd_quantize, topk_ternarize,
-                         ttq_quantize)
+from psfl.codecs import (decode_qsgd_buckets, decode_state, ef_step, encode_qsgd_buckets, encode_state,
+                         topk_ternarize, ttq_quantize)
 from psfl.errors import PsflError
 from psfl.fl.agp import prunable_keys
 from psfl.fl.aggregate import fedavg
@@ -243,27 +243,11 @@ class FedPAQ(SingleModelMethod):
         g = make_generator(self.cfg.seed, 0xFA9, rnd)
         return sorted(torch.randperm(num_clients, generator=g)[:r].tolist())
 
-    def _buckets(self, k: str) -> list[tuple[int, int]]:
-        n = self.template[k].numel()
-        d = self.options.bucket or max(n, 1)
-        return [(i, min(i + d, n)) for i in range(0, n, d)] or [(0, 0)]
-
     def encode_up(self, cid, state, local, start, generator) -> bytes:
-        upd = _sub(local, start, self.keys)
-        norms, quantised = [], []
-        for k in self.keys:  # the stochastic rounding is drawn here; the codec stores it exactly
-            flat = upd[k].reshape(-1)
-            for a, b in self._buckets(k):
-                norm, signs, levels = qsgd_quantize(flat[a:b], self.s, generator)
-                norms.append(norm)
-                quantised.append(qsgd_dequantize(norm, signs, levels, self.s))
-        return encode_state(quantised, lambda i, t: ("qsgd", {"s": self.s, "norm": norms[int(i)]}))
+        return encode_qsgd_buckets(_sub(local, start, self.keys), self.s, self.options.bucket, generator)
 
     def decode_up(self, payload: bytes) -> dict[str, Tensor]:
-        names = [f"{k}[{a}:{b}]" for k in self.keys for a, b in self._buckets(k)]
-        got = decode_state(payload, names)
-        return {k: torch.cat([got[f"{k}[{a}:{b}]"].reshape(-1) for a, b in self._buckets(k)])
-                .view_as(self.template[k]) for k in self.keys}
+        return decode_qsgd_buckets(payload, {k: self.template[k] for k in self.keys}, self.options.bucket)
 
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
         avg = _mean(decoded, self.keys)  # x_{k+1} = x_k + (1/r) sum_i Q(x_i - x_k)

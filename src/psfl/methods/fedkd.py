@@ -103,7 +103,7 @@ class FedKD(PSFL):
         state["synced"] = clone_state(synced)
         return synced, None  # no mask to hold
 
-    def send(self, state, rnd, student, mask):
+    def send(self, state, rnd, student, down, mask, generator):
         return self._svd({k: student[k].float() - state["synced"][k].float() for k in self.keys}, rnd)
 
     def losses(self, out_m, out_s, x, y, bridge):

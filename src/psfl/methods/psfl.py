@@ -20,6 +20,7 @@ mentor rule (``psfl-no-pld``: every mentor GSC-M) or switch AGP off (``psfl-no-a
 from __future__ import annotations
 
 from dataclasses import dataclass
+import struct
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from psfl.fl.aggregate import fedavg
 from psfl.fl.local import HoldMask, LocalHook, Trained, local_train, recalibrate_bn
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
+from psfl.codecs import decode_qsgd_buckets, encode_qsgd_buckets
 from psfl.errors import PsflError
 from psfl.methods.base import (
     METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_state_finite, clone_state,
@@ -152,7 +154,7 @@ class PSFL(FederatedMethod):
         return payload, {"zeta": zeta, "pruned_share": pruned_share(self.mask)}
 
     def aggregate(self, rnd: int, uploads: list[Upload]) -> dict[str, float]:
-        states = [decode_kept(u.payload, self.global_state, self.mask) for u in uploads]
+        states = [self.decode_upload(u.payload) for u in uploads]
         avg = fedavg(states, [u.num_samples for u in uploads])  # Eq. 10
         self.global_state.update(avg)
         return {}
@@ -179,11 +181,16 @@ class PSFL(FederatedMethod):
         down, mask = decode_masked(payload, self.template, self.mask_keys)
         return {**self.template, **down}, {k: m.to(self.env.models.device) for k, m in mask.items()}
 
-    def send(self, state: dict[str, Any], rnd: int, student: dict[str, torch.Tensor],
-             mask: dict[str, torch.Tensor] | None) -> bytes:
+    def send(self, state: dict[str, Any], rnd: int, student: dict[str, torch.Tensor], down: dict[str, torch.Tensor],
+             mask: dict[str, torch.Tensor] | None, generator: torch.Generator) -> bytes:
         """The trained student -> upload bytes: the kept values only (the server knows
-        the mask it broadcast; pruned positions cost nothing)."""
+        the mask it broadcast; pruned positions cost nothing). ``down`` is what the
+        client received this round."""
         return encode_kept(student, {k: m.cpu() for k, m in (mask or {}).items()})
+
+    def decode_upload(self, payload: bytes) -> dict[str, torch.Tensor]:
+        """Server side of :meth:`send`: an upload -> the client's student weights."""
+        return decode_kept(payload, self.global_state, self.mask)
 
     def losses(self, out_m: Any, out_s: Any, x: torch.Tensor, y: torch.Tensor, bridge: SemanticBridge) -> Any:
         """Mentor and student loss terms of one batch: PLD, Eqs. 15-21."""
@@ -251,7 +258,8 @@ class PSFL(FederatedMethod):
         state["mentor"] = clone_state(mentor.state_dict())
         state["bridge"] = clone_state(bridge.state_dict())
         state["opt"] = clone_state(opt_m.state_dict())
-        upload = self.send(state, rnd, {k: v.detach().cpu() for k, v in student.state_dict().items()}, mask)
+        upload = self.send(state, rnd, {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                           {k: v.detach().cpu() for k, v in down.items()}, mask, generator)
         metrics["mentor_acc"] = env.local_accuracy(mentor, cid, rnd, snr_db)
         metrics["student_acc"] = env.local_accuracy(student, cid, rnd, snr_db)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services
@@ -272,3 +280,55 @@ class PSFLNoAGP(PSFL):
 
     name = "psfl-no-agp"
     use_agp = False
+
+
+@dataclass
+class PSFLPlusOptions(PSFLOptions):
+    """``s``/``bucket``: QSGD levels and bucket size of the uploaded update of the kept
+    weights (the QSGD paper's bucketed quantiser, d = 512)."""
+
+    s: int = 16
+    bucket: int = 512
+
+    def check(self, where: str) -> None:
+        if self.s < 1:
+            raise PsflError(f"config field {where}.s: must be >= 1")
+        if self.bucket < 0:
+            raise PsflError(f"config field {where}.bucket: must be >= 0 (0 = one bucket per tensor)")
+
+
+@METHODS.register("psfl-plus")
+class PSFLPlus(PSFL):
+    """psfl-plus (ours, beyond the paper): PSFL whose upload is the client's *update* of
+    the kept conv/linear weights (trained minus received), QSGD-quantised in buckets
+    (unbiased, ``s`` levels, Elias-coded when cheaper); the other entries (biases,
+    BatchNorm) travel as float32 values. The server adds the decoded update to what it
+    broadcast. Everything else is PSFL with the run's settings."""
+
+    name = "psfl-plus"
+    Options = PSFLPlusOptions
+
+    def _parts(self, state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(kept values of the prunable entries, flat; the other floating-point entries)."""
+        kept = {k: state[k].reshape(-1).float() if mask is None else
+                state[k].reshape(-1)[mask[k].reshape(-1).bool().cpu()].float() for k in self.mask_keys}
+        rest = {k: v for k, v in state.items() if k not in kept and v.is_floating_point()}
+        return kept, rest
+
+    def send(self, state, rnd, student, down, mask, generator) -> bytes:
+        new, rest = self._parts(student, mask)
+        old, _ = self._parts(down, mask)
+        head = encode_qsgd_buckets({k: new[k] - old[k] for k in new}, self.options.s, self.options.bucket, generator)
+        return struct.pack("<I", len(head)) + head + encode_kept(rest, {})
+
+    def decode_upload(self, payload: bytes) -> dict[str, torch.Tensor]:
+        (n,) = struct.unpack_from("<I", payload, 0)
+        old, rest_like = self._parts(self.global_state, self.mask)
+        update = decode_qsgd_buckets(payload[4:4 + n], old, self.options.bucket)
+        out = {**self.global_state, **decode_kept(payload[4 + n:], rest_like, {})}
+        for k in self.mask_keys:
+            full = torch.zeros(out[k].numel(), dtype=torch.float32)
+            full[self.mask[k].reshape(-1).bool().cpu()] = old[k] + update[k]
+            out[k] = full.view_as(out[k]).to(out[k].dtype)
+        return out
