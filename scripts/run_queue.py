@@ -1,7 +1,8 @@
 """Run a queue of psfl runs one after another, resumably (issue #9's study).
 
 Each line of the queue file: ``NAME SEED METHOD [KEY=VALUE ...]``; blank lines and ``#``
-comments are skipped. Run NAME/seedSEED goes to ``OUT/NAME/seedSEED``: skipped when its
+comments are skipped. The file is re-read before each run, so lines may be added or
+reordered while a queue works. Run NAME/seedSEED goes to ``OUT/NAME/seedSEED``: skipped when its
 metrics already hold every round, resumed from its checkpoint when interrupted, started
 otherwise. Several queue processes may share a file: a run is claimed by creating its
 directory's ``.claim`` file first (one process per run).
@@ -24,6 +25,17 @@ def rounds_done(run: Path) -> int:
     return sum(1 for line in m.read_text().splitlines() if line.strip()) if m.is_file() else 0
 
 
+def jobs(queue: Path) -> list[tuple[str, str, str, str, list[str]]]:
+    """(key, name, seed, method, overrides) per queue line, in file order."""
+    out = []
+    for line in queue.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, seed, method, *sets = shlex.split(line)
+            out.append((f"{name}/{seed}", name, seed, method, sets))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("queue")
@@ -37,11 +49,13 @@ def main() -> int:
         import tomllib
 
         args.rounds = tomllib.loads(Path(args.config).read_text())["rounds"]
-    for line in Path(args.queue).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, seed, method, *sets = shlex.split(line)
+    tried: set[str] = set()
+    while True:  # the file is re-read before every run: edit it while the queue works
+        job = next((j for j in jobs(Path(args.queue)) if j[0] not in tried), None)
+        if job is None:
+            break
+        key, name, seed, method, sets = job
+        tried.add(key)
         run = Path(args.out) / name / f"seed{seed}"
         if rounds_done(run) >= args.rounds:
             continue
