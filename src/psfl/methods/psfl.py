@@ -190,7 +190,7 @@ class PSFL(FederatedMethod):
 
     def decode_upload(self, payload: bytes) -> dict[str, torch.Tensor]:
         """Server side of :meth:`send`: an upload -> the client's student weights."""
-        return decode_kept(payload, self.global_state, self.mask)
+        return decode_kept(payload, self.global_state, self.mask or {})  # no mask before the first broadcast
 
     def losses(self, out_m: Any, out_s: Any, x: torch.Tensor, y: torch.Tensor, bridge: SemanticBridge) -> Any:
         """Mentor and student loss terms of one batch: PLD, Eqs. 15-21."""
@@ -329,6 +329,7 @@ class PSFLPlus(PSFL):
         out = {**self.global_state, **decode_kept(payload[4 + n:], rest_like, {})}
         for k in self.mask_keys:
             full = torch.zeros(out[k].numel(), dtype=torch.float32)
-            full[self.mask[k].reshape(-1).bool().cpu()] = old[k] + update[k]
+            keep = slice(None) if self.mask is None else self.mask[k].reshape(-1).bool().cpu()
+            full[keep] = old[k] + update[k]
             out[k] = full.view_as(out[k]).to(out[k].dtype)
         return out
