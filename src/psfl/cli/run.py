@@ -1,4 +1,5 @@
-"""`psfl run`: PSFL (or another method) with the in-process engine."""
+"""`psfl run`: PSFL (or another method) with the in-process engine or on Flower's
+simulation engine (``--engine flower``)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="continue a run from its last complete round; --set rounds=N extends it "
                         "(no other field may change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
+                   help="inprocess (default) or flower: Flower's simulation engine, one virtual SuperNode "
+                        "per client (needs pip install 'psfl[flower]')")
+    p.add_argument("--client-cpus", type=float, default=1.0,
+                   help="flower engine: CPUs per simulated client (default 1)")
+    p.add_argument("--client-gpus", type=float, default=0.0,
+                   help="flower engine: GPUs per simulated client, e.g. 0.25 (default 0)")
     add_device_argument(p)
 
 
@@ -62,8 +70,15 @@ def run(args: argparse.Namespace) -> int:
     from psfl.device import resolve_device
 
     device = resolve_device(args.device)  # a bad device exits 2 before any work
-    result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                           command=["psfl", *sys.argv[1:]], device=device)
+    if args.engine == "flower":
+        from psfl.runners.flower import run_simulation
+
+        result = run_simulation(cfg, run_dir, resume=bool(args.resume), progress=False,
+                                command=["psfl", *sys.argv[1:]], device=str(device), num_cpus=args.client_cpus,
+                                num_gpus=args.client_gpus)
+    else:
+        result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                               command=["psfl", *sys.argv[1:]], device=device)
     paths = write_report(result.records, run_dir)
     print(format_table(summary_rows(result.records, run_dir)))
     print(f"run directory: {run_dir}  (metrics.jsonl, checkpoint.pt, config.toml, provenance.json, "

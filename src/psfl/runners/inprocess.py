@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +23,7 @@ from psfl.config import RunConfig, diff_configs, dump_config, load_config
 from psfl.errors import PsflError
 from psfl.fl.energy import link_cost, round_snrs
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
+from psfl.methods.base import ClientResult
 from psfl.methods.base import check_finite, check_state_finite, make_generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -35,6 +36,13 @@ PROVENANCE = "provenance.json"
 class RunResult:
     run_dir: Path
     records: list[dict[str, Any]]
+
+
+# The clients of one round: (round, broadcast payload, participating cids, SNRs) ->
+# (cid, ClientResult, seconds of client compute) per client, in any order. The
+# in-process default calls the method's client_update in turn; the Flower engine
+# (psfl.runners.flower) sends messages to nodes. Everything else is the same loop.
+ClientExecutor = Callable[[int, bytes, list[int], Any], Iterable[tuple[int, ClientResult, float]]]
 
 
 def new_run_dir(root: str | Path = "runs", method: str = "psfl") -> Path:
@@ -91,8 +99,13 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
                   env: FederatedEnv | None = None,
                   on_round: Callable[[dict[str, Any]], None] | None = None,
                   stop_after: int | None = None, command: list[str] | None = None,
-                  device: str | torch.device = "cpu", strict: bool = True) -> RunResult:
+                  device: str | torch.device = "cpu", strict: bool = True,
+                  executor: Callable[[FederatedMethod], ClientExecutor] | None = None) -> RunResult:
     """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method`` into ``run_dir``.
+
+    ``executor(method)`` gives the function that runs a round's clients (default: in
+    this process, client states kept in the checkpoint); an external executor keeps
+    client states where the clients run, and the checkpoint holds the server only.
 
     A fresh run writes ``config.toml`` and ``provenance.json`` (code, machine, data and
     partition fingerprints, evaluators, baselines); a resumed one checks the data and
@@ -121,12 +134,23 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         _write_json(run_dir / PROVENANCE, old)
     else:
         method.init_server()
-        client_states = [method.init_client(cid) for cid in range(K)]
+        client_states = [] if executor else [method.init_client(cid) for cid in range(K)]
         start, records = 0, []
         _write_json(run_dir / PROVENANCE, prov)
     (run_dir / CONFIG).write_text(dump_config(cfg))
     metrics_path.write_text("".join(_dumps(r) + "\n" for r in records))
 
+    def in_process(rnd: int, payload: bytes, cids: list[int], snrs: Any):
+        for cid in tqdm(cids, desc=f"round {rnd + 1} clients", leave=False, disable=not progress,
+                        dynamic_ncols=True):
+            tc = time.perf_counter()
+            res = method.client_update(cid, client_states[cid], rnd, payload, float(snrs[cid]),
+                                       make_generator(cfg.seed, rnd, cid, 0xC11))
+            yield cid, res, time.perf_counter() - tc
+
+    run_clients = executor(method) if executor else in_process
+    if executor:
+        client_states = []  # they live where the clients run
     e = cfg.energy
     rounds = tqdm(range(start, cfg.rounds), desc=f"{cfg.method} rounds", initial=start,
                   total=cfg.rounds, disable=not progress, dynamic_ncols=True)
@@ -136,12 +160,9 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         tb = time.perf_counter()
         payload, server_metrics = method.broadcast(rnd, snrs)
         uploads, clients, compute_s = [], [], time.perf_counter() - tb  # time inside the method
-        for cid in tqdm(method.participants(rnd, K), desc=f"round {rnd + 1} clients", leave=False,
-                        disable=not progress, dynamic_ncols=True):
-            tc = time.perf_counter()
-            res = method.client_update(cid, client_states[cid], rnd, payload, float(snrs[cid]),
-                                       make_generator(cfg.seed, rnd, cid, 0xC11))
-            compute_s += time.perf_counter() - tc
+        for cid, res, secs in sorted(run_clients(rnd, payload, method.participants(rnd, K), snrs),
+                                     key=lambda t: t[0]):  # client order fixed: aggregation sums in cid order
+            compute_s += secs
             cost = link_cost(res.payload, float(snrs[cid]), e.bandwidth_hz, e.power_w)  # Eqs. 12-14
             uploads.append(Upload(cid, res.payload, env.data.volumes[cid]))
             clients.append({"cid": cid, "snr_db": float(snrs[cid]), "num_samples": env.data.volumes[cid],

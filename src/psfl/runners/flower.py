@@ -1,0 +1,262 @@
+"""The Flower engine (flwr >= 1.42, Message API): the same methods, rounds and run folder
+as the in-process runner, with the clients on Flower SuperNodes.
+
+Only translation lives here; every algorithmic step is the method's own call:
+
+* **ServerApp** (:func:`make_server_app`): :func:`psfl.runners.inprocess.run_federated`
+  with a Flower client executor. Per round the method's ``broadcast`` payload goes to
+  each participating node in a ``train`` message; the replies' upload bytes and metrics
+  come back into the same loop (energy from the bytes, ``aggregate``, evaluation,
+  ``metrics.jsonl``, checkpoint of the server state).
+* **ClientApp** (:data:`client_app`): rebuilds the run's environment from the config
+  sent with the message (deterministic, cached per process) and calls the method's
+  ``init_client`` / ``client_update`` for its client id.
+
+Messages (``ConfigRecord`` "psfl"): server -> node: ``config`` (the resolved run config
+as TOML), ``round``, ``cid``, ``snr_db``, ``payload`` (bytes); node -> server:
+``payload`` (bytes), ``metrics`` (JSON), ``seconds``. A ``query`` message asks a node for
+its client id: ``partition-id`` of its node config (``flwr run`` simulation sets it;
+a deployed SuperNode gets ``--node-config "partition-id=3"``).
+
+Client state (mentor weights and optimiser state, error-feedback residuals, synced
+copies) stays on the node: in Flower's ``context.state`` (kept for the run by the
+simulation engine and by a SuperNode process), and, when the node config names a
+``state-dir``, in ``<state-dir>/<run tag>/client<cid>.pt`` after every round, from where a
+restarted node process reloads it. The data shard is rebuilt from the config on the
+node (a node config ``data-dir`` points at that node's copy of the data).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from psfl.config import RunConfig, dump_config, load_config
+from psfl.errors import PsflError
+
+RECORD = "psfl"
+
+
+def _flwr():
+    try:
+        import flwr  # noqa: F401
+        from flwr.app import ConfigRecord, Context, Message, RecordDict
+        from flwr.clientapp import ClientApp
+        from flwr.serverapp import Grid, ServerApp
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise PsflError("the Flower engine needs flwr: pip install 'psfl[flower]'") from None
+    return ConfigRecord, Context, Message, RecordDict, ClientApp, Grid, ServerApp
+
+
+# --------------------------------------------------------------------------- client side
+_ENVS: dict[tuple[str, str], Any] = {}  # (config digest, device) -> (cfg, env, method): per node process
+
+
+def _client_side(config_text: str, data_dir: str | None, device: str):
+    from psfl.methods import METHODS, build_env, options_for
+
+    key = (hashlib.sha256(config_text.encode()).hexdigest(), f"{data_dir}|{device}")
+    if key not in _ENVS:
+        _ENVS.clear()  # one run per node process at a time
+        cfg = _config_from_text(config_text, data_dir)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        env = build_env(cfg, progress=False, device=device)
+        _ENVS[key] = (cfg, env, METHODS.get(cfg.method)(env, options_for(cfg), cfg))
+    return _ENVS[key]
+
+
+def _config_from_text(text: str, data_dir: str | None) -> RunConfig:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+    try:
+        return load_config(f.name, [f"data.data_dir={data_dir}"] if data_dir else [])
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+
+
+def _state_path(node_config: dict[str, Any], config_text: str, cid: int) -> Path | None:
+    root = node_config.get("state-dir")
+    if not root:
+        return None
+    tag = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    return Path(str(root)) / tag / f"client{cid}.pt"
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _from_bytes(b: bytes) -> Any:
+    return torch.load(io.BytesIO(b), weights_only=False, map_location="cpu")
+
+
+def _load_client_state(context, method, cid: int, rnd: int, path: Path | None) -> Any:
+    """The client's state before round ``rnd``: from the context, else from the node's
+    state dir, else fresh (the client's first round). Both keep the state before the
+    client's last round too, so a server that resumes the round it crashed in finds the
+    state that round started from; a state from beyond ``rnd`` is refused."""
+    rec = context.state.get(f"{RECORD}-client{cid}")
+    saved = _from_bytes(rec["blob"]) if rec is not None else None
+    if saved is None and path is not None and path.is_file():
+        saved = _from_bytes(path.read_bytes())
+    if saved is None:
+        return method.init_client(cid)
+    if saved["round"] <= rnd:  # trained last before this round (or skipped rounds since)
+        return saved["state"]
+    if saved["prev_round"] <= rnd and saved["last_trained"] == rnd:  # this round again (server resumed)
+        return saved["prev"]
+    raise PsflError(f"client {cid}: the node's state is from after round {rnd} (round {saved['round']}); "
+                    "it belongs to another run or a later round")
+
+
+def _save_client_state(context, before: Any, state: Any, cid: int, rnd: int, path: Path | None) -> None:
+    ConfigRecord = _flwr()[0]
+    blob = _to_bytes({"round": rnd + 1, "state": state, "prev_round": rnd, "prev": before, "last_trained": rnd})
+    context.state[f"{RECORD}-client{cid}"] = ConfigRecord({"blob": blob})
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+
+
+def _partition_id(context) -> int:
+    pid = context.node_config.get("partition-id")
+    if pid is None:
+        raise PsflError("this SuperNode has no partition-id in its node config "
+                        "(start it with --node-config \"partition-id=<client id>\")")
+    return int(pid)
+
+
+def _handle_query(msg, context):
+    ConfigRecord, _, Message, RecordDict = _flwr()[:4]
+    return Message(RecordDict({RECORD: ConfigRecord({"cid": _partition_id(context)})}), reply_to=msg)
+
+
+def _handle_train(msg, context):
+    from psfl.methods.base import make_generator
+
+    ConfigRecord, _, Message, RecordDict = _flwr()[:4]
+    c = msg.content[RECORD]
+    text, rnd, cid, snr = str(c["config"]), int(c["round"]), int(c["cid"]), float(c["snr_db"])
+    if cid != _partition_id(context):
+        raise PsflError(f"message for client {cid} reached the node of client {_partition_id(context)}")
+    data_dir = context.node_config.get("data-dir")
+    cfg, env, method = _client_side(text, str(data_dir) if data_dir else None,
+                                    str(context.node_config.get("device", "cpu")))
+    path = _state_path(context.node_config, text, cid)
+    state = _load_client_state(context, method, cid, rnd, path)
+    before = _from_bytes(_to_bytes(state))  # a deep copy: the state this round starts from
+    t0 = time.perf_counter()
+    res = method.client_update(cid, state, rnd, bytes(c["payload"]), snr, make_generator(cfg.seed, rnd, cid, 0xC11))
+    secs = time.perf_counter() - t0
+    _save_client_state(context, before, state, cid, rnd, path)
+    reply = ConfigRecord({"payload": res.payload, "metrics": json.dumps(res.metrics), "seconds": secs})
+    return Message(RecordDict({RECORD: reply}), reply_to=msg)
+
+
+def make_client_app():
+    """The psfl ClientApp: ``query`` (which client am I) and ``train`` (one round)."""
+    ClientApp = _flwr()[4]
+    app = ClientApp()
+    app.query()(_handle_query)
+    app.train()(_handle_train)
+    return app
+
+
+# --------------------------------------------------------------------------- server side
+def _wait_for_nodes(grid, k: int, timeout_s: float) -> list[int]:
+    t0 = time.time()
+    while len(nodes := list(grid.get_node_ids())) < k:
+        if time.time() - t0 > timeout_s:
+            raise PsflError(f"only {len(nodes)} of {k} Flower nodes connected within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return nodes
+
+
+def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0) -> Callable:
+    """A :data:`psfl.runners.inprocess.ClientExecutor` over a Flower grid: one ``train``
+    message per participating client, to the node that holds it."""
+    ConfigRecord, _, Message, RecordDict = _flwr()[:4]
+    from psfl.methods.base import ClientResult
+
+    text = dump_config(cfg)
+    nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s)
+    replies = grid.send_and_receive([Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
+                                             message_type="query") for n in nodes], timeout=timeout_s)
+    node_of: dict[int, int] = {}
+    for r in replies:
+        if r.has_error():
+            raise PsflError(f"Flower node {r.metadata.src_node_id} did not say its client id: {r.error.reason}")
+        node_of[int(r.content[RECORD]["cid"])] = r.metadata.src_node_id
+    missing = sorted(set(range(cfg.data.num_clients)) - set(node_of))
+    if missing:
+        raise PsflError(f"no Flower node holds client(s) {missing} (partition-id of the node configs)")
+
+    def bind(method):
+        def run(rnd: int, payload: bytes, cids: list[int], snrs):
+            msgs = [Message(RecordDict({RECORD: ConfigRecord({
+                "config": text, "round": rnd, "cid": cid, "snr_db": float(snrs[cid]), "payload": payload})}),
+                dst_node_id=node_of[cid], message_type="train") for cid in cids]
+            out = []
+            for r in grid.send_and_receive(msgs, timeout=timeout_s):
+                if r.has_error():
+                    raise PsflError(f"round {rnd}: Flower node {r.metadata.src_node_id} failed: {r.error.reason}")
+                c = r.content[RECORD]
+                cid = next(k for k, v in node_of.items() if v == r.metadata.src_node_id)
+                out.append((cid, ClientResult(bytes(c["payload"]), json.loads(str(c["metrics"]))),
+                            float(c["seconds"])))
+            if len(out) != len(cids):
+                raise PsflError(f"round {rnd}: {len(out)} of {len(cids)} Flower clients answered")
+            return out
+        return run
+    return bind
+
+
+def make_server_app(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = False,
+                    command: list[str] | None = None, device: str = "cpu", result: dict | None = None):
+    """A ServerApp that runs ``cfg`` into ``run_dir`` (``result["records"]`` gets them)."""
+    ServerApp = _flwr()[6]
+    from psfl.runners.inprocess import run_federated
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context) -> None:
+        out = run_federated(cfg, run_dir, resume=resume, progress=progress, command=command, device=device,
+                            executor=flower_executor(grid, cfg))
+        if result is not None:
+            result["records"] = out.records
+
+    return app
+
+
+def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = False,
+                   command: list[str] | None = None, device: str = "cpu", num_cpus: float = 1.0,
+                   num_gpus: float = 0.0):
+    """``psfl run --engine flower``: Flower's simulation engine on this machine, one
+    virtual SuperNode per client (``partition-id`` = client id)."""
+    import logging
+
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from psfl.runners.inprocess import RunResult
+
+    result: dict[str, Any] = {}
+    server = make_server_app(cfg, run_dir, resume, progress, command, device, result)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_run_simulation(server, make_client_app(), num_supernodes=cfg.data.num_clients,
+                        backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
+    if "records" not in result:
+        raise PsflError("the Flower simulation ended without finishing the run (see the log above)")
+    return RunResult(Path(run_dir), result["records"])
