@@ -80,3 +80,19 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from psfl.methods import METHODS\n    return METHODS\n")
     assert "psfl.methods" in imports_of(f)
+
+
+def test_cli_help_does_not_import_torch():
+    """`psfl --help` and every subcommand's --help answer without importing torch (the
+    import alone takes seconds): parsers read no torch-backed module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, psfl.cli as c\n"
+            "p = c.build_parser()\n"
+            "sub = next(a for a in p._actions if a.dest == 'command')\n"
+            "helps = [sub.choices[name].format_help() for name in c.COMMANDS]\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'matplotlib'))\n"
+            "print(len(c.COMMANDS), heavy[:5])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    assert int(out[0]) >= 10 and out[1].strip() == "[]"

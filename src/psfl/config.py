@@ -284,6 +284,37 @@ class RunConfig:
                 raise PsflError(f"config field data.sizes: {n} sizes for {self.data.num_clients} clients")
 
 
+@dataclass
+class PretrainConfig:
+    model: str = "cpu-M"  # a GSC preset
+    dataset: str = "fashion_mnist"
+    source: str = "auto"  # psfl.data source: auto / npz / bundled / torchvision
+    data_dir: str | None = None
+    max_train: int = 0  # use the first N training images (0: all)
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False  # False keeps m_hat in pixel space, as Eq. 15's MSE needs
+    snr_db: float | None = None  # None: noiseless link during pre-training
+    epochs: int = 1
+    steps: int = 0  # > 0: stop after this many optimiser steps (overrides epochs)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    eval_samples: int = 1000  # test images for the final masked / full reconstruction MSE
+    seed: int = 0
+    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.device.resolve_device)
+    out: str | None = None  # checkpoint path (None: do not save)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise PsflError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.batch_size < 1 or self.epochs < 1 or self.steps < 0 or self.lr <= 0:
+            raise PsflError("batch_size, epochs must be >= 1, steps >= 0 and lr > 0")
+        from psfl.device import resolve_device
+
+        resolve_device(self.device)
+
+
 MSE_SPACES = ("standardized", "unit")
 AGP_SCORES = ("layer_normalised", "magnitude", "per_layer")  # psfl.fl.agp.SCORE_RULES
 AGP_REGROW = ("zeros", "dense")

@@ -58,14 +58,6 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
-def add_device_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_DEVICE) -> None:
-    """``--device auto|cpu|cuda[:i]`` (default ``cpu``). Resolve it with
-    :func:`resolve_device` in the command, so a bad value is a one-line error (exit 2)."""
-    parser.add_argument("--device", default=default, metavar="auto|cpu|cuda[:i]",
-                        help=f"where models, data, channel noise and metrics run (default {default}; "
-                             "auto = cuda if available)")
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

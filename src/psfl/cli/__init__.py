@@ -36,6 +36,15 @@ def command(name: str, help: str):
     return deco
 
 
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
+    """``--device auto|cpu|cuda[:i]`` (default ``cpu``: reproducible numbers on any
+    machine). Resolve it with :func:`psfl.device.resolve_device` in the command, so a bad
+    value is a one-line error (exit 2)."""
+    parser.add_argument("--device", default=default, metavar="auto|cpu|cuda[:i]",
+                        help=f"where models, data, channel noise and metrics run (default {default}; "
+                             "auto = cuda if available)")
+
+
 def _load_commands() -> None:
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from psfl.cli import command
-from psfl.device import add_device_argument
+from psfl.cli import add_device_argument, command
 
 DEFAULT = "psfl,fedavg,stc,fttq,fedpaq"
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from psfl.cli import command
-from psfl.device import add_device_argument
+from psfl.cli import add_device_argument, command
 
 
 @command("pretrain", help="Pre-train a GSC preset as a masked autoencoder (MAE) and save a mentor checkpoint")
 def configure(p: argparse.ArgumentParser) -> None:
-    from psfl.pretrain import PretrainConfig
+    from psfl.config import PretrainConfig
 
     d = PretrainConfig()
     p.add_argument("--model", default=d.model, help="GSC preset (see `psfl models`)")

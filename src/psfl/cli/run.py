@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from psfl.cli import command
-from psfl.device import add_device_argument
+from psfl.cli import add_device_argument, command
 
 
 @command("run", help="Run federated training (default: PSFL on the bundled Fashion-MNIST sample)")

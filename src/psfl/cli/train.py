@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from psfl.cli import command
-from psfl.device import add_device_argument
+from psfl.cli import add_device_argument, command
 from psfl.errors import PsflError
 
 

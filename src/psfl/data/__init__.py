@@ -17,7 +17,6 @@ from psfl.data.datasets import (
     load_dataset,
     validate_arrays,
 )
-from psfl.data.loader import ClientData, client_datasets, iterate_batches
 from psfl.data.partition import (
     PARTITIONERS,
     TABLE1_VOLUMES,
@@ -33,15 +32,24 @@ from psfl.data.partition import (
     plot_partition,
     table1_sizes,
 )
-from psfl.data.preprocess import (
-    PreparedData,
-    clear_prepare_cache,
-    denormalize,
-    prepare,
-    resolve_for,
-    to_model_input,
-)
 from psfl.data.spec import INPUT_PRESETS, InputSpec, ResolvedInput
+
+# Names from the torch-backed modules load on first use (PEP 562), so that importing the
+# registries (DATASETS, PARTITIONERS, ...) does not import torch: `psfl --help` stays fast.
+_LAZY = {
+    **dict.fromkeys(("ClientData", "client_datasets", "iterate_batches"), "loader"),
+    **dict.fromkeys(("PreparedData", "clear_prepare_cache", "denormalize", "prepare", "resolve_for",
+                     "to_model_input"), "preprocess"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"psfl.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'psfl.data' has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS", "SOURCES", "ArrayDataset", "DatasetInfo", "load_dataset", "validate_arrays",
