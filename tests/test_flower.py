@@ -28,3 +28,15 @@ def test_flower_simulation_equals_in_process(tmp_path, cache, method):  # noqa: 
     got = run_simulation(cfg, tmp_path / "flower").records
     assert _strip(got) == _strip(ref)
     assert (tmp_path / "flower" / "metrics.jsonl").is_file() and (tmp_path / "flower" / "provenance.json").is_file()
+
+
+@pytest.mark.slow  # three Flower simulations
+def test_flower_resume_continues_from_node_state(tmp_path, cache):  # noqa: F811
+    """One round on Flower, then a resumed second round (a new simulation: the nodes'
+    contexts are empty and their states come from <run>/nodes/) equals two rounds in
+    process: the mentors carried over."""
+    ref = run_federated(load_config(None, tiny_overrides(cache, rounds=2)), tmp_path / "ref", progress=False).records
+    run_simulation(load_config(None, tiny_overrides(cache, rounds=1)), tmp_path / "fl")
+    assert len(list((tmp_path / "fl" / "nodes").glob("*/client*.pt"))) == 3
+    got = run_simulation(load_config(None, tiny_overrides(cache, rounds=2)), tmp_path / "fl", resume=True).records
+    assert _strip(got) == _strip(ref)

@@ -13,7 +13,8 @@ Only translation lives here; every algorithmic step is the method's own call:
   ``init_client`` / ``client_update`` for its client id.
 
 Messages (``ConfigRecord`` "psfl"): server -> node: ``config`` (the resolved run config
-as TOML), ``round``, ``cid``, ``snr_db``, ``payload`` (bytes); node -> server:
+as TOML), ``round``, ``cid``, ``snr_db``, ``payload`` (bytes), ``first`` (the client has
+not trained before: a node without its state may start it fresh); node -> server:
 ``payload`` (bytes), ``metrics`` (JSON), ``seconds``. A ``query`` message asks a node for
 its client id: ``partition-id`` of its node config (``flwr run`` simulation sets it;
 a deployed SuperNode gets ``--node-config "partition-id=3"``).
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -82,11 +84,21 @@ def _config_from_text(text: str, data_dir: str | None) -> RunConfig:
         Path(f.name).unlink(missing_ok=True)
 
 
-def _state_path(node_config: dict[str, Any], config_text: str, cid: int) -> Path | None:
-    root = node_config.get("state-dir")
+STATE_DIR_ENV = "PSFL_NODE_STATE_DIR"  # the simulation's virtual nodes: <run dir>/nodes
+
+
+def run_tag(cfg: RunConfig) -> str:
+    """Names a run's node states: its config without ``rounds`` (a resumed run may extend it)."""
+    from dataclasses import replace
+
+    return hashlib.sha256(dump_config(replace(cfg, rounds=1)).encode()).hexdigest()[:16]
+
+
+def _state_path(node_config: dict[str, Any], cfg: RunConfig, cid: int) -> Path | None:
+    root = node_config.get("state-dir") or os.environ.get(STATE_DIR_ENV)
     if not root:
         return None
-    tag = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    tag = run_tag(cfg)
     return Path(str(root)) / tag / f"client{cid}.pt"
 
 
@@ -100,9 +112,10 @@ def _from_bytes(b: bytes) -> Any:
     return torch.load(io.BytesIO(b), weights_only=False, map_location="cpu")
 
 
-def _load_client_state(context, method, cid: int, rnd: int, path: Path | None) -> Any:
+def _load_client_state(context, method, cid: int, rnd: int, path: Path | None, first: bool) -> Any:
     """The client's state before round ``rnd``: from the context, else from the node's
-    state dir, else fresh (the client's first round). Both keep the state before the
+    state dir, else fresh when this is the client's ``first`` round (an error
+    otherwise: its mentor and optimiser state are lost). Both keep the state before the
     client's last round too, so a server that resumes the round it crashed in finds the
     state that round started from; a state from beyond ``rnd`` is refused."""
     rec = context.state.get(f"{RECORD}-client{cid}")
@@ -110,6 +123,9 @@ def _load_client_state(context, method, cid: int, rnd: int, path: Path | None) -
     if saved is None and path is not None and path.is_file():
         saved = _from_bytes(path.read_bytes())
     if saved is None:
+        if not first:
+            raise PsflError(f"client {cid}: its state from earlier rounds is not on this node (context empty"
+                            + (f", {path} missing)" if path else "; give the node a state-dir to survive restarts)"))
         return method.init_client(cid)
     if saved["round"] <= rnd:  # trained last before this round (or skipped rounds since)
         return saved["state"]
@@ -154,8 +170,8 @@ def _handle_train(msg, context):
     data_dir = context.node_config.get("data-dir")
     cfg, env, method = _client_side(text, str(data_dir) if data_dir else None,
                                     str(context.node_config.get("device", "cpu")))
-    path = _state_path(context.node_config, text, cid)
-    state = _load_client_state(context, method, cid, rnd, path)
+    path = _state_path(context.node_config, cfg, cid)
+    state = _load_client_state(context, method, cid, rnd, path, bool(c["first"]))
     before = _from_bytes(_to_bytes(state))  # a deep copy: the state this round starts from
     t0 = time.perf_counter()
     res = method.client_update(cid, state, rnd, bytes(c["payload"]), snr, make_generator(cfg.seed, rnd, cid, 0xC11))
@@ -205,9 +221,11 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0) -> Callable:
 
     def bind(method):
         def run(rnd: int, payload: bytes, cids: list[int], snrs):
+            k = cfg.data.num_clients
+            seen = {c for r in range(rnd) for c in method.participants(r, k)}  # deterministic per method
             msgs = [Message(RecordDict({RECORD: ConfigRecord({
-                "config": text, "round": rnd, "cid": cid, "snr_db": float(snrs[cid]), "payload": payload})}),
-                dst_node_id=node_of[cid], message_type="train") for cid in cids]
+                "config": text, "round": rnd, "cid": cid, "snr_db": float(snrs[cid]), "payload": payload,
+                "first": cid not in seen})}), dst_node_id=node_of[cid], message_type="train") for cid in cids]
             out = []
             for r in grid.send_and_receive(msgs, timeout=timeout_s):
                 if r.has_error():
@@ -245,7 +263,8 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
                    command: list[str] | None = None, device: str = "cpu", num_cpus: float = 1.0,
                    num_gpus: float = 0.0):
     """``psfl run --engine flower``: Flower's simulation engine on this machine, one
-    virtual SuperNode per client (``partition-id`` = client id)."""
+    virtual SuperNode per client (``partition-id`` = client id). The nodes keep their
+    client states in ``<run_dir>/nodes/``, so ``resume`` continues where the run stopped."""
     import logging
 
     from flwr.simulation import run_simulation as flwr_run_simulation
@@ -255,6 +274,7 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
     result: dict[str, Any] = {}
     server = make_server_app(cfg, run_dir, resume, progress, command, device, result)
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ[STATE_DIR_ENV] = str(Path(run_dir).resolve() / "nodes")  # inherited by the simulated nodes
     flwr_run_simulation(server, make_client_app(), num_supernodes=cfg.data.num_clients,
                         backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     if "records" not in result:
