@@ -16,10 +16,13 @@ TIMING = ("time_s", "compute_s")
 
 
 def tiny_overrides(cache: Path, rounds: int = 3, method: str = "psfl") -> list[str]:
+    """A seconds-long run. Methods with AGP prune from round 0 (no warm-up), so that
+    two- and three-round tests exercise the masks."""
+    agp = ["agp.warmup_rounds=0"] if method in ("psfl", "psfl-plus", "psfl-no-pld") else []
     return [f"method={method!r}".replace("'", '"'), f"rounds={rounds}", "data.num_clients=3",
             "model.family='tiny'", "train.local_steps=3", "train.batch_size=16",
             "data.eval_samples=64", "evaluator.epochs=1", "evaluator.score_epochs=1",
-            f"evaluator.cache_dir='{cache}'", "threads=1"]
+            f"evaluator.cache_dir='{cache}'", "threads=1", *agp]
 
 
 def strip_timing(records):

@@ -92,7 +92,7 @@ class AGPConfig:
     zeta_max: float = 0.9  # zeta = 1 would prune everything
     prune_biases: bool = False
     # Where the paper is silent (issue-9 study, results/psfl-study/):
-    warmup_rounds: int = 0  # rounds trained dense before AGP starts ("from a certain round t")
+    warmup_rounds: int = 5  # rounds trained dense before AGP starts (the paper: "from a certain round t")
     score: str = "layer_normalised"  # which survivors go: layer_normalised | magnitude | per_layer
     layer_floor: float = 0.0  # share of every tensor that is never pruned
     regrow: str = "zeros"  # value of a regrown weight: zeros | dense (server's last value before pruning)

@@ -21,7 +21,7 @@ import numpy as np
 
 from psfl.errors import PsflError
 
-METRICS = ("acc", "psnr", "energy_j", "upload_bits", "trend", "first_acc")
+METRICS = ("acc", "local_acc", "psnr", "energy_j", "upload_bits", "trend", "first_acc")
 
 
 def read_runs(root: Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -36,7 +36,9 @@ def read_runs(root: Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
 
 
 def run_summary(records: Sequence[dict[str, Any]], last: int = 5) -> dict[str, float]:
-    """One run: last-``last``-round means of global accuracy and PSNR, energy per round,
+    """One run: last-``last``-round means of global accuracy, mean local accuracy (the
+    model each MU uses on its own test images: PSFL's mentor, the paper's "PSFL
+    accuracy"; the global model for single-model methods) and PSNR, energy per round,
     upload bits per client per round, the trend of the accuracy, the round-0 accuracy."""
     acc = np.array([r["global"]["accuracy"] for r in records], dtype=float)
     psnr = np.array([r["global"].get("psnr", np.nan) for r in records], dtype=float)
@@ -44,6 +46,7 @@ def run_summary(records: Sequence[dict[str, Any]], last: int = 5) -> dict[str, f
     before = acc[-2 * last:-last]
     return {
         "acc": float(tail.mean()),
+        "local_acc": float(np.mean([r["mean_local_acc"] for r in records[-last:]])),
         "psnr": float(psnr[-last:].mean()),
         "energy_j": float(np.mean([r["energy_j"] for r in records])),
         "upload_bits": float(np.mean([c["upload_bits"] for r in records for c in r["clients"]])),
@@ -78,7 +81,8 @@ def _pm(mean: float, sd: float, fmt: str) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], last: int = 5) -> str:
-    head = ["name", "seeds", f"acc (last {last}, mean ± sd)", f"PSNR dB (last {last})", "energy J/round",
+    head = ["name", "seeds", f"global acc (last {last}, mean ± sd)", f"local acc (last {last})",
+            f"PSNR dB (last {last})", "energy J/round",
             "upload bits/client/round", f"trend (last {last} − previous {last})", "acc round 1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -86,7 +90,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], last: int = 5) -> str:
         if r["unfinished"]:
             seeds += f" (running: {r['unfinished']})"
         lines.append("| " + " | ".join([
-            r["name"], seeds, _pm(r["acc"], r["acc_sd"], "{:.3f}"), _pm(r["psnr"], r["psnr_sd"], "{:.2f}"),
+            r["name"], seeds, _pm(r["acc"], r["acc_sd"], "{:.3f}"), _pm(r["local_acc"], r["local_acc_sd"], "{:.3f}"),
+            _pm(r["psnr"], r["psnr_sd"], "{:.2f}"),
             _pm(r["energy_j"], r["energy_j_sd"], "{:.4f}"), _pm(r["upload_bits"], float("nan"), "{:,.0f}"),
             _pm(r["trend"], r["trend_sd"], "{:+.3f}"), _pm(r["first_acc"], float("nan"), "{:.3f}")]) + " |")
     return "\n".join(lines) + "\n"
@@ -144,11 +149,15 @@ def plot_energy_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def write_seed_report(root: Path, out: Path, rounds: int, last: int = 5, names: Sequence[str] | None = None,
                       prefix: str = "") -> list[Path]:
-    """Table (markdown + CSV) and plots for the runs under ``root``."""
+    """Table (markdown + CSV) and plots for the runs under ``root``; ``names`` picks and
+    orders the folders, ``label=folder`` shows a folder under another name."""
     runs = read_runs(root)
     if not runs:
         raise PsflError(f"no runs under {root} (expected {root}/<name>/seed<k>/metrics.jsonl)")
     names = list(names or sorted(runs))
+    alias = dict(n.split("=", 1) for n in names if "=" in n)  # "label=folder": a folder shown as label
+    runs = {**runs, **{label: runs.get(folder, {}) for label, folder in alias.items()}}
+    names = [n.split("=", 1)[0] for n in names]
     rows = seed_rows(runs, rounds, last, names)
     out.mkdir(parents=True, exist_ok=True)
     md, cs = out / f"{prefix}table.md", out / f"{prefix}table.csv"

@@ -12,7 +12,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="folder holding <name>/seed<k>/metrics.jsonl")
     p.add_argument("--rounds", type=int, required=True, help="rounds of a finished run")
     p.add_argument("--last", type=int, default=5, help="rounds averaged per run (default 5)")
-    p.add_argument("--names", default="", help="comma list of names, in table order (default: all)")
+    p.add_argument("--names", default="", help="comma list of folder names in table order, label=folder to rename one (default: all)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--prefix", default="", help="file-name prefix of the outputs")
 
