@@ -97,15 +97,28 @@ def markdown_table(rows: Sequence[dict[str, Any]], last: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: dict[str, dict[int, list[dict[str, Any]]]], names: Sequence[str], rounds: int, path: Path,
-                key: str = "accuracy", ylabel: str = "global accuracy (independent scorer)") -> Path:
-    """Mean over finished seeds (line) and min-max band of ``global[key]`` per round."""
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    return plt, *plt.subplots(figsize=(6.5, 4.2))
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(runs: dict[str, dict[int, list[dict[str, Any]]]], names: Sequence[str], rounds: int, path: Path,
+                key: str = "accuracy", ylabel: str = "global accuracy (independent scorer)") -> Path:
+    """Mean over finished seeds (line) and min-max band of ``global[key]`` per round."""
+    plt, fig, ax = _figure()
     for name in names:
         curves = [[r["global"].get(key, np.nan) for r in recs[:rounds]] for recs in runs.get(name, {}).values()
                   if len(recs) >= rounds]
@@ -117,34 +130,19 @@ def plot_curves(runs: dict[str, dict[int, list[dict[str, Any]]]], names: Sequenc
         if len(curves) > 1:
             ax.fill_between(x, a.min(0), a.max(0), color=line.get_color(), alpha=0.15)
     ax.set(xlabel="communication round", ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_energy_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Energy per round (log x) vs last-k accuracy, with sd error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    plt, fig, ax = _figure()
     for r in rows:
         if math.isnan(r["acc"]):
             continue
         ax.errorbar(r["energy_j"], r["acc"], yerr=None if math.isnan(r["acc_sd"]) else r["acc_sd"], fmt="o",
                     capsize=3, label=r["name"])
     ax.set(xscale="log", xlabel="uplink energy per round (J)", ylabel="global accuracy (last rounds, mean)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def write_seed_report(root: Path, out: Path, rounds: int, last: int = 5, names: Sequence[str] | None = None,
