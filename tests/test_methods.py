@@ -46,7 +46,7 @@ def test_sparse_upload_is_smaller_and_exact():
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_each_method_runs_and_measures_bits(method, env, tmp_path):
-    cfg = load_config(None, [o for o in tiny_overrides(env.cfg.evaluator.cache_dir, rounds=2)] + [f'method="{method}"'])
+    cfg = load_config(None, tiny_overrides(env.cfg.evaluator.cache_dir, rounds=2, method=method))
     recs = run_federated(cfg, tmp_path, progress=False, env=env).records
     assert len(recs) == 2
     for r in recs:
@@ -61,7 +61,7 @@ def test_each_method_runs_and_measures_bits(method, env, tmp_path):
 def test_compressed_methods_send_fewer_bits(env, tmp_path):
     bits = {}
     for m in ("fedavg", "stc", "fttq", "fedpaq"):
-        cfg = load_config(None, tiny_overrides(env.cfg.evaluator.cache_dir, rounds=1) + [f'method="{m}"'])
+        cfg = load_config(None, tiny_overrides(env.cfg.evaluator.cache_dir, rounds=1, method=m))
         rec = run_federated(cfg, tmp_path / m, progress=False, env=env).records[-1]
         bits[m] = rec["upload_bits"] / len(rec["clients"])
     assert bits["stc"] < 0.1 * bits["fedavg"]
