@@ -7,3 +7,5 @@ $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefi
     --names base,warmup5,regrow-dense,bn-recal,floor20,score-per-layer,pld-half,mentor-init,no-agp
 $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefix headline- \
     --names psfl=warmup5,psfl-plus,fedavg,fedavg-csc,stc,fttq,fedpaq,psfl-no-pld=no-pld,psfl-no-agp=no-agp
+$psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefix mse- \
+    --names psfl=warmup5,psfl-mse4=mse4,fedavg-csc,fedavg-csc-mse4
