@@ -9,4 +9,4 @@ $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefi
     --names psfl=warmup5,psfl-plus,fedavg,fedavg-csc,stc,fttq,fedpaq,psfl-no-pld=no-pld,psfl-no-agp=no-agp
 $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefix mse- \
     --names psfl=warmup5,psfl-mse4=mse4,fedavg-csc,fedavg-csc-mse4
-.venv/bin/python experiments/psfl-study/readme_tables.py
+${PY:-.venv/bin/python} experiments/psfl-study/readme_tables.py
