@@ -8,7 +8,7 @@ import torch
 from psfl.cli import main
 from psfl.config import load_config
 from psfl.methods import METHODS, build_env
-from psfl.methods.wire import decode_masked, decode_model, encode_masked, encode_model
+from psfl.methods.wire import decode_kept, decode_masked, decode_model, encode_kept, encode_masked, encode_model
 from psfl.runners.inprocess import run_federated
 
 from test_runner import tiny_overrides  # noqa: E402
@@ -34,14 +34,17 @@ def test_masked_broadcast_roundtrip_carries_regrown_zeros():
     assert torch.equal(got_mask["w"], mask["w"]) and "n" not in got
 
 
-def test_sparse_upload_is_smaller_and_exact():
+def test_masked_upload_carries_only_kept_values():
+    """PSFL's upload under a mask both ends hold: 4 bytes per kept value and no
+    positions; pruned positions come back as zeros, kept ones exactly."""
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(64, 64, generator=g)
-    w[torch.rand(64, 64, generator=g) < 0.7] = 0
-    state = {"w": w, "b": torch.randn(64, generator=g)}
-    dense, sparse = encode_model(state), encode_model(state, sparse={"w"})
-    assert len(sparse) < 0.5 * len(dense)
-    assert torch.equal(decode_model(sparse, state)["w"], w)
+    mask = {"w": (torch.rand(64, 64, generator=g) > 0.7).float()}
+    state = {"w": torch.randn(64, 64, generator=g) * mask["w"], "b": torch.randn(64, generator=g)}
+    kept, dense = encode_kept(state, mask), encode_model(state)
+    pruned = int((mask["w"] == 0).sum())
+    assert abs(4 * pruned - (len(dense) - len(kept))) <= 4  # only the shape/length varints differ
+    got = decode_kept(kept, state, mask)
+    assert torch.equal(got["w"], state["w"]) and torch.equal(got["b"], state["b"])
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -1,9 +1,7 @@
 """Model states on the wire: the bytes a method actually sends.
 
-* :func:`encode_model` / :func:`decode_model` — an upload or broadcast of floating-point
-  state entries. Entries listed as ``sparse`` (pruned weights) use the ``sparse`` codec
-  (the cheaper of a bitmask or position coding, plus the non-zero values) whenever
-  that is smaller than dense float32; the rest are dense float32.
+* :func:`encode_model` / :func:`decode_model` — an upload or broadcast of the
+  floating-point state entries as dense float32.
 * :func:`encode_masked` / :func:`decode_masked` — AGP's broadcast: the pruning mask as
   one bit per prunable weight (the client must know it to hold it during training; a
   kept weight may be exactly zero, so the mask cannot be inferred from the values)
@@ -30,19 +28,9 @@ def wire_keys(state: dict[str, Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point()]
 
 
-def _sparse_pays(t: Tensor) -> bool:
-    # bitmask variant: numel bits + 32 per non-zero  <  32 * numel dense
-    nnz = int(torch.count_nonzero(t))
-    return t.numel() + 32 * nnz < 32 * t.numel()
-
-
-def encode_model(state: dict[str, Tensor], sparse: set[str] | frozenset[str] = frozenset()) -> bytes:
+def encode_model(state: dict[str, Tensor]) -> bytes:
     keys = wire_keys(state)
-
-    def codec_for(name: str, t: Tensor):
-        return ("sparse", {}) if name in sparse and _sparse_pays(t) else ("dense", {})
-
-    return encode_state({k: state[k].detach().float().contiguous() for k in keys}, codec_for)
+    return encode_state({k: state[k].detach().float().contiguous() for k in keys}, lambda name, t: ("dense", {}))
 
 
 def decode_model(payload: bytes, template: dict[str, Tensor]) -> dict[str, Tensor]:

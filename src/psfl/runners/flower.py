@@ -8,7 +8,7 @@ Only translation lives here; every algorithmic step is the method's own call:
   each participating node in a ``train`` message; the replies' upload bytes and metrics
   come back into the same loop (energy from the bytes, ``aggregate``, evaluation,
   ``metrics.jsonl``, checkpoint of the server state).
-* **ClientApp** (:data:`client_app`): rebuilds the run's environment from the config
+* **ClientApp** (:func:`make_client_app`): rebuilds the run's environment from the config
   sent with the message (deterministic, cached per process) and calls the method's
   ``init_client`` / ``client_update`` for its client id.
 
