@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from psfl.config import load_config
+from psfl.errors import PsflError
 from psfl.runners.inprocess import run_federated
 
 TIMING = ("time_s", "compute_s")
@@ -47,6 +49,28 @@ def test_two_runs_identical_and_bits_measured(tmp_path, cache):
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [0, 1]
     assert (tmp_path / "a" / "config.toml").exists() and (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+def test_run_writes_its_global_model_for_transmit(tmp_path, cache):
+    """The folder of a finished run is a model for `psfl transmit`: its global model is
+    the server's aggregated student of the last round (not a fresh or a client's model)."""
+    from psfl.evaluate.transmit import transmit_checkpoint
+    from psfl.models import load_model_checkpoint
+
+    cfg = load_config(None, tiny_overrides(cache, rounds=2))
+    run_federated(cfg, tmp_path / "r", progress=False)
+    g = load_model_checkpoint(tmp_path / "r" / "global_model.pt")
+    assert g.checkpoint_config["rounds_done"] == 2 and g.checkpoint_config["dataset"] == "fashion_mnist"
+    server = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["server"]["global"]
+    state = g.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in server.items()) and len(server) == len(state)
+    kw = dict(dataset="fashion_mnist", indices=[0, 1], evaluator_cache_dir=str(cache), evaluator_epochs=1,
+              progress=False)
+    by_dir, _ = transmit_checkpoint(tmp_path / "r", 10.0, tmp_path / "d.png", **kw)
+    by_file, _ = transmit_checkpoint(tmp_path / "r" / "global_model.pt", 10.0, tmp_path / "f.png", **kw)
+    assert by_dir.psnr == by_file.psnr
+    with pytest.raises(PsflError, match="no global_model.pt"):
+        transmit_checkpoint(tmp_path, 10.0, tmp_path / "x.png", **kw)
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, cache):

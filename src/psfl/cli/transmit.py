@@ -8,7 +8,8 @@ from psfl.cli import add_device_argument, command
 
 @command("transmit", help="Transmit images through a trained SC model; PNG grid + PSNR/SSIM/prediction")
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="model.pt written by `psfl train`")
+    p.add_argument("--checkpoint", required=True, help="model.pt written by `psfl train`, or a folder: a federated run "
+                   "(its global model, global_model.pt) or a `psfl train` output")
     p.add_argument("--dataset", help="dataset to take --index samples from (default: the model's)")
     p.add_argument("--index", type=int, nargs="+", default=[], metavar="I", help="sample indices")
     p.add_argument("--split", default="test", choices=["train", "test"])

@@ -105,6 +105,19 @@ def save_grid(original: Tensor, reconstruction: Tensor, path: str | Path, min_si
     return path
 
 
+def model_file(path: str | Path) -> Path:
+    """A model file, or the model of a folder: a federated run's ``global_model.pt``
+    (written when `psfl run` ends) or a `psfl train` folder's ``model.pt``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("global_model.pt", "model.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise PsflError(f"folder {str(path)!r} holds no global_model.pt (a federated run writes it when it ends; "
+                    f"`psfl run --resume {path}` finishes an interrupted one) and no model.pt (`psfl train`)")
+
+
 def transmit_checkpoint(checkpoint: str | Path, snr_db: float, out: str | Path,
                         dataset: str | None = None, indices: Sequence[int] = (), split: str = "test",
                         images: Sequence[str | Path] = (), channel: str | None = None,
@@ -125,7 +138,7 @@ def transmit_checkpoint(checkpoint: str | Path, snr_db: float, out: str | Path,
     from psfl.models import load_model_checkpoint
 
     dev = resolve_device(device)
-    model = load_model_checkpoint(checkpoint, device=dev)
+    model = load_model_checkpoint(model_file(checkpoint), device=dev)
     meta = getattr(model, "checkpoint_config", {})
     train_ds = meta.get("dataset") or dataset
     if not train_ds:

@@ -25,11 +25,13 @@ from psfl.fl.energy import link_cost, round_snrs
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
 from psfl.methods.base import ClientResult
 from psfl.methods.base import check_finite, check_state_finite, make_generator
+from psfl.runners.lock import run_lock
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
 PROVENANCE = "provenance.json"
+GLOBAL_MODEL = "global_model.pt"  # the global model at the last finished round (`psfl transmit RUN_DIR`)
 
 
 @dataclass
@@ -112,10 +114,19 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
     partition fingerprints against it and may extend ``rounds``. A non-finite loss,
     weight or global model raises :class:`psfl.errors.DivergenceError` after every
     completed round has been kept."""
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # one writer per folder: a second one raises RunLockedError
+        return _run_federated(cfg, run_dir, resume, progress, env, on_round, stop_after, command, device, strict,
+                              executor)
+
+
+def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, env: FederatedEnv | None,
+                   on_round: Callable[[dict[str, Any]], None] | None, stop_after: int | None,
+                   command: list[str] | None, device: str | torch.device, strict: bool,
+                   executor: Callable[[FederatedMethod], ClientExecutor] | None) -> RunResult:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     check_run_config(cfg, unused=strict)  # strict=False: a compare run sharing another method's config
     env = env or build_env(cfg, progress=progress, device=device)
     method = METHODS.get(cfg.method)(env, options_for(cfg), cfg)
@@ -194,7 +205,25 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
             on_round(record)
         if stop_after is not None and rnd + 1 >= stop_after:
             break
+    if records:
+        save_global_model(method, cfg, run_dir, len(records))
     return RunResult(run_dir, records)
+
+
+def save_global_model(method: FederatedMethod, cfg: RunConfig, run_dir: Path, rounds_done: int) -> Path:
+    """The global model as a psfl model file (:func:`psfl.models.save_model_checkpoint`)
+    that records its dataset, input preset, method and round, so ``psfl transmit RUN_DIR``
+    can show federated reconstructions; written atomically at the end of a run."""
+    from psfl.models import MODELS, save_model_checkpoint
+
+    model = method.global_model()
+    preset = MODELS.get(model.preset["name"])
+    path = run_dir / GLOBAL_MODEL
+    tmp = save_model_checkpoint(model, path.with_suffix(".pt.tmp"), config={
+        "dataset": cfg.data.dataset, "input_preset": preset.input_preset, "method": cfg.method,
+        "seed": cfg.seed, "rounds_done": rounds_done, "source": "federated run"})
+    os.replace(tmp, path)
+    return path
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -259,17 +288,17 @@ def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
 RESUMABLE = ("rounds",)  # the only fields --resume may change (extend a run)
 
 
-def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+def resume_config(run_dir: Path, overrides: list[str] | None = None, strict: bool = True) -> RunConfig:
     """The stored config of ``run_dir`` with ``overrides`` applied. Only ``rounds`` may
     change (to extend a finished or interrupted run, never below the rounds done);
     any other changed field raises naming it."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise PsflError(f"{run_dir} is not a run directory (no {CONFIG})")
-    stored = check_run_config(load_config(path))
+    stored = check_run_config(load_config(path), unused=strict)
     if not overrides:
         return stored
-    cfg = check_run_config(load_config(path, overrides))
+    cfg = check_run_config(load_config(path, overrides), unused=strict)
     changed = [f for f in diff_configs(stored, cfg) if f not in RESUMABLE]
     if changed:
         raise PsflError(f"--resume {run_dir}: cannot change {', '.join(changed)} of an existing run "

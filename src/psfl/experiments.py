@@ -1,0 +1,394 @@
+"""`psfl reproduce`: the paper's Section V (Figs. 4-13) as declarative experiments.
+
+An *experiment* (``experiments/reproduce/<name>.toml``) names a figure kind
+(:data:`psfl.figures.FIGURES`), the datasets of its panels, the metrics it draws and its
+*series*: a label, a method and ``--set`` overrides (e.g. ``data.alpha=0.3``). A *scale*
+(``scale-<name>.toml``) is the base run config (``[config]``) with per-dataset overrides
+(``[datasets.<name>] set = [...]``).
+
+Every (dataset, series, seed) is one federated run, stored once under
+``RUNS/<scale>/<dataset>/<run name>/seed<k>/`` where the run name is the method plus the
+fields that differ from the scale's config: the PSFL run at r = 0.9 of Fig. 4 is the same
+folder as in Figs. 5 and 7-12. Runs are resumable: a finished run is skipped, an
+interrupted one resumed from its checkpoint, a folder made with another config refused.
+Several workers (``--jobs``) share the runs through the run folders' locks.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from psfl.config import RunConfig, _apply, _get, diff_configs, load_config, tomllib
+from psfl.errors import PsflError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "reproduce"
+IGNORED_FIELDS = ("threads", "data.data_dir", "evaluator.cache_dir")  # do not change a run's numbers
+
+
+@dataclass
+class Series:
+    label: str
+    method: str
+    set: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)  # restrict to these (default: the experiment's)
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    plot: str
+    datasets: list[str]
+    series: list[Series] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)  # partition plots
+    snrs: list[float] = field(default_factory=list)  # reconstruction grids (dB)
+    images: int = 8  # reconstruction grids: test images per dataset
+    source: str = ""  # the file it was read from
+
+    def series_for(self, dataset: str) -> list[Series]:
+        return [s for s in self.series if not s.datasets or dataset in s.datasets]
+
+
+@dataclass
+class Scale:
+    name: str
+    config: dict[str, Any]  # a RunConfig table
+    datasets: dict[str, list[str]]  # per-dataset overrides
+    source: str = ""
+
+
+@dataclass
+class PlannedRun:
+    dataset: str
+    name: str  # method + differing fields
+    seed: int
+    cfg: RunConfig
+    path: Path
+    uses: list[tuple[str, str]] = field(default_factory=list)  # (experiment, series label)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}/seed{self.seed}"
+
+
+def _checked_table(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise PsflError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return table
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise PsflError(f"{path}: invalid TOML ({e})") from None
+    except OSError as e:
+        raise PsflError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def experiment_names(root: Path = EXPERIMENTS_DIR) -> list[str]:
+    """The experiments in ``root``, figures in numeric order, then the rest."""
+    names = [p.stem for p in Path(root).glob("*.toml") if not p.stem.startswith("scale-")]
+
+    def order(n: str) -> tuple[int, int, str]:
+        m = re.fullmatch(r"fig(\d+)", n)
+        return (0, int(m.group(1)), n) if m else (1, 0, n)
+
+    return sorted(names, key=order)
+
+
+def load_experiment(name: str, root: Path = EXPERIMENTS_DIR) -> Experiment:
+    from psfl.data import DATASETS
+    from psfl.figures import FIGURES, SERIES_METRICS
+    from psfl.methods import METHODS
+
+    path = Path(root) / f"{name}.toml"
+    if not path.is_file():
+        raise PsflError(f"unknown experiment {name!r}; known: {', '.join(experiment_names(root))}, all")
+    t = _checked_table(_read_toml(path), Experiment, str(path))
+    series = []
+    for i, s in enumerate(t.pop("series", [])):
+        s = _checked_table(dict(s), Series, f"{path} series {i + 1}")
+        try:
+            series.append(Series(**s))
+        except TypeError as e:
+            raise PsflError(f"{path} series {i + 1}: {e}") from None
+    try:
+        exp = Experiment(name=name, series=series, source=str(path), **{k: v for k, v in t.items() if k != "name"})
+    except TypeError as e:
+        raise PsflError(f"{path}: {e}") from None
+    if exp.plot not in FIGURES:
+        raise PsflError(f"{path}: plot {exp.plot!r} unknown; known: {', '.join(FIGURES.names())}")
+    bad = [d for d in exp.datasets + [d for s in series for d in s.datasets] if d not in DATASETS]
+    bad += [m for m in exp.metrics if m not in SERIES_METRICS]
+    bad += [s.method for s in series if s.method not in METHODS]
+    if bad:
+        raise PsflError(f"{path}: unknown dataset, metric or method {bad[0]!r}")
+    FIGURES.get(exp.plot).check(exp)
+    return exp
+
+
+def load_scale(name: str, root: Path = EXPERIMENTS_DIR) -> Scale:
+    path = Path(root) / f"scale-{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("scale-") for p in Path(root).glob("scale-*.toml"))
+        raise PsflError(f"unknown scale {name!r}; known: {', '.join(known)}")
+    t = _read_toml(path)
+    unknown = sorted(set(t) - {"config", "datasets"})
+    if unknown:
+        raise PsflError(f"{path}: unknown key(s) {', '.join(unknown)}; known: config, datasets")
+    per = {}
+    for ds, sub in t.get("datasets", {}).items():
+        if set(sub) - {"set"}:
+            raise PsflError(f"{path}: [datasets.{ds}] takes only set = [...]")
+        per[ds] = list(sub.get("set", []))
+    return Scale(name, t.get("config", {}), per, str(path))
+
+
+def base_config(scale: Scale, dataset: str, extra: Sequence[str] = ()) -> RunConfig:
+    """The scale's config for ``dataset`` (+ per-dataset and user overrides), validated."""
+    cfg = RunConfig()
+    try:
+        _apply(cfg, copy.deepcopy(scale.config))
+    except PsflError as e:
+        raise PsflError(f"{scale.source}: {e}") from None
+    return load_config(None, [f'data.dataset="{dataset}"', *scale.datasets.get(dataset, []), *extra], base=cfg)
+
+
+def _value(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True) if not isinstance(v, str) else v
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-")
+
+
+def run_name(cfg: RunConfig, base: RunConfig) -> str:
+    """``method`` plus ``+field=value`` for each field that differs from ``base`` (the
+    scale's config of that dataset), fields in sorted order: one folder per distinct run."""
+    diffs = [f for f in diff_configs(replace(base, method=cfg.method, seed=cfg.seed), cfg)
+             if f not in IGNORED_FIELDS]
+    return "+".join([cfg.method] + [f"{f}={_value(_get(cfg, f))}" for f in diffs])
+
+
+def plan(experiments: Sequence[Experiment], scale: Scale, seeds: Sequence[int], runs_root: Path,
+         datasets: Sequence[str], extra: Sequence[str] = ()) -> list[PlannedRun]:
+    """The distinct runs the experiments need on ``datasets``, in experiment order."""
+    from psfl.methods import METHODS
+
+    out: dict[str, PlannedRun] = {}
+    for exp in experiments:
+        for ds in exp.datasets:
+            if ds not in datasets:
+                continue
+            base = base_config(scale, ds, extra)
+            for s in exp.series_for(ds):
+                for seed in seeds:
+                    try:
+                        cfg = load_config(None, [f'method="{s.method}"', f"seed={seed}", *s.set],
+                                          base=copy.deepcopy(base))
+                        unused = set(METHODS.get(s.method).unused_fields(cfg))
+                        inert = [o.split("=", 1)[0].strip() for o in s.set if o.split("=", 1)[0].strip() in unused]
+                        if inert:
+                            raise PsflError(f"config field {inert[0]}: method {s.method!r} does not read it")
+                    except PsflError as e:
+                        raise PsflError(f"{exp.source} series {s.label!r} on {ds}: {e}") from None
+                    name = run_name(cfg, base)
+                    r = PlannedRun(ds, name, seed, cfg, Path(runs_root) / scale.name / ds / name / f"seed{seed}")
+                    out.setdefault(r.key, r).uses.append((exp.name, s.label))
+    return list(out.values())
+
+
+def data_problem(scale: Scale, dataset: str, extra: Sequence[str] = ()) -> str | None:
+    """Why ``dataset`` cannot be run here (no npz in the data folder, ...), or None."""
+    try:
+        cfg = base_config(scale, dataset, extra)
+    except PsflError as e:
+        return str(e)
+    if cfg.data.source == "auto":
+        return f"no data folder given for {dataset} (pass --data-dir DIR with {dataset}.npz)"
+    return None
+
+
+def rounds_done(path: Path) -> int:
+    from psfl.runners.inprocess import METRICS, read_records
+
+    try:
+        return len(read_records(path / METRICS))
+    except (ValueError, OSError):
+        return 0
+
+
+def status(run: PlannedRun) -> str:
+    done = rounds_done(run.path)
+    if done >= run.cfg.rounds:
+        return "done"
+    return f"{done}/{run.cfg.rounds}" if done or (run.path / "checkpoint.pt").exists() else "new"
+
+
+def check_existing(run: PlannedRun) -> None:
+    """A folder that already holds a run must have been made with the planned config."""
+    from psfl.runners.inprocess import CONFIG
+
+    stored_path = run.path / CONFIG
+    if not stored_path.is_file():
+        return
+    stored = load_config(stored_path)
+    diffs = [f for f in diff_configs(stored, run.cfg) if f not in IGNORED_FIELDS + ("rounds",)]
+    if diffs:
+        raise PsflError(f"{run.path} holds a run with another config ({', '.join(diffs)} differ from the "
+                        "experiment's); move it away or use another --runs folder")
+    if stored.rounds > run.cfg.rounds:
+        raise PsflError(f"{run.path} was run for {stored.rounds} rounds, the experiment asks for {run.cfg.rounds}")
+
+
+def execute(run: PlannedRun, progress: bool = True, device: Any = "cpu",
+            log: Callable[[str], None] = print) -> str:
+    """Run, resume or skip one planned run; returns what happened."""
+    from psfl.runners.inprocess import resume_config, run_federated
+    from psfl.runners.lock import RunLockedError
+
+    st = status(run)
+    if st == "done":
+        return "done"
+    check_existing(run)
+    resume = (run.path / "checkpoint.pt").exists()
+    cfg = run.cfg
+    if resume:
+        cfg = resume_config(run.path, [f"rounds={run.cfg.rounds}"], strict=False)
+    log(f"psfl reproduce: {'resume' if resume else 'start'} {run.key} ({st})")
+    command = ["psfl", "reproduce", *sys.argv[2:]] if sys.argv[1:2] == ["reproduce"] else None
+    try:
+        # strict=False: the scale's settings are shared by every method (as in `psfl compare`);
+        # a series' own overrides were checked against its method by plan()
+        run_federated(cfg, run.path, resume=resume, progress=progress, device=device, command=command, strict=False)
+    except RunLockedError:
+        return "locked"  # another worker has it
+    return "ran"
+
+
+@dataclass
+class Outcome:
+    runs: list[PlannedRun]
+    failed: dict[str, str]  # run key -> message
+    skipped: dict[str, str]  # dataset -> why
+    figures: list[Path]
+
+
+def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int] = (0, 1, 2),
+              runs_root: Path = Path("results/runs"), out_root: Path = Path("results"),
+              datasets: Sequence[str] | None = None, extra: Sequence[str] = (), device: Any = "cpu",
+              progress: bool = True, run: bool = True, figures: bool = True, dry_run: bool = False,
+              worker_argv: Sequence[str] | None = None, jobs: int = 1, root: Path = EXPERIMENTS_DIR,
+              log: Callable[[str], None] = print) -> Outcome:
+    """Plan, run (resumably) and draw the experiments ``names`` (``["all"]``: every one).
+
+    ``datasets`` restricts the panels; asked-for datasets must have data here, while the
+    default skips (and reports) the ones without. ``jobs`` > 1 starts ``jobs - 1`` more
+    workers (``worker_argv``: the command that runs runs only) that share the runs
+    through the run folders' locks; figures are drawn after all workers end."""
+    import subprocess
+
+    from psfl.errors import DivergenceError
+
+    names = experiment_names(root) if list(names) == ["all"] else list(dict.fromkeys(names))
+    exps = [load_experiment(n, root) for n in names]
+    scale = load_scale(scale_name, root)
+    wanted = list(dict.fromkeys(d for e in exps for d in e.datasets))
+    if datasets:
+        unknown = [d for d in datasets if d not in wanted]
+        if unknown:
+            raise PsflError(f"--datasets {unknown[0]}: not a dataset of {', '.join(names)} ({', '.join(wanted)})")
+        wanted = [d for d in wanted if d in datasets]
+    skipped = {}
+    for ds in wanted:
+        why = data_problem(scale, ds, extra)
+        if why and datasets:
+            raise PsflError(why)
+        if why:
+            skipped[ds] = why
+            log(f"psfl reproduce: {ds} not run: {why}")
+    available = [d for d in wanted if d not in skipped]
+    runs = plan(exps, scale, seeds, runs_root, available, extra)
+    if dry_run:
+        for r in runs:
+            log(f"{status(r):>8}  {r.key}  -> {r.path}")
+        return Outcome(runs, {}, skipped, [])
+    failed: dict[str, str] = {}
+    if run:
+        for r in runs:
+            check_existing(r)  # refuse a folder made with another config before any work
+        procs = [subprocess.Popen(list(worker_argv)) for _ in range(jobs - 1)] if worker_argv and jobs > 1 else []
+        try:
+            for r in runs:
+                try:
+                    execute(r, progress=progress, device=device, log=log)
+                except DivergenceError as e:
+                    failed[r.key] = f"diverged: {e}"
+                    log(f"psfl reproduce: {r.key} stopped: {e}")
+        finally:
+            for p in procs:
+                p.wait()
+        if any(p.returncode for p in procs):
+            failed["workers"] = f"a worker exited with {[p.returncode for p in procs]}"
+    paths = draw(exps, scale, runs, skipped, available, out_root, extra, device, failed) if figures else []
+    return Outcome(runs, failed, skipped, paths)
+
+
+def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], skipped: dict[str, str],
+         available: Sequence[str], out_root: Path, extra: Sequence[str] = (), device: Any = "cpu",
+         failed: dict[str, str] | None = None) -> list[Path]:
+    """Every experiment's figure from the finished runs, with ``command.txt`` and
+    ``provenance.json`` (code version, scale and experiment files, the runs used)."""
+    from psfl.figures import FIGURES, FigureInput
+    from psfl.runners.inprocess import PROVENANCE, git_commit, read_records
+
+    by_key = {}
+    for r in runs:
+        by_key.setdefault(r.dataset, []).append(r)
+    paths: list[Path] = []
+    for exp in exps:
+        out = Path(out_root) / exp.name
+        out.mkdir(parents=True, exist_ok=True)
+        dsets = [d for d in exp.datasets if d in available]
+        records: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
+        folders: dict[tuple[str, str], dict[int, Path]] = {}
+        used = []
+        rounds, bases = {}, {}
+        for ds in dsets:
+            base = base_config(scale, ds, extra)
+            bases[ds] = base
+            rounds[ds] = base.rounds
+            for s in exp.series_for(ds):
+                for r in by_key.get(ds, []):
+                    if (exp.name, s.label) not in r.uses:
+                        continue
+                    folders.setdefault((ds, s.label), {})[r.seed] = r.path
+                    recs = read_records(r.path / "metrics.jsonl") if (r.path / "metrics.jsonl").exists() else []
+                    prov = {}
+                    if (r.path / PROVENANCE).is_file():
+                        prov = json.loads((r.path / PROVENANCE).read_text())
+                    used.append({"run": str(r.path), "dataset": ds, "series": s.label, "seed": r.seed,
+                                 "rounds_done": len(recs), "rounds": r.cfg.rounds,
+                                 "git_commit": prov.get("runtime", {}).get("git_commit"),
+                                 "data_fingerprint": prov.get("data", {}).get("fingerprint"),
+                                 "partition_fingerprint": prov.get("partition", {}).get("fingerprint"),
+                                 "failed": (failed or {}).get(r.key)})
+                    if len(recs) >= r.cfg.rounds:
+                        records.setdefault((ds, s.label), {})[r.seed] = recs[:r.cfg.rounds]
+        inp = FigureInput(exp, dsets, {d: w for d, w in skipped.items() if d in exp.datasets}, records, folders,
+                          rounds, bases, device)
+        paths += FIGURES.get(exp.plot).draw(inp, out)
+        cmd = ["psfl", "reproduce", *sys.argv[2:]] if sys.argv[1:2] == ["reproduce"] else ["psfl", "reproduce",
+                                                                                           exp.name]
+        (out / "command.txt").write_text(" ".join(cmd) + "\n")
+        prov_out = {"experiment": exp.name, "title": exp.title, "experiment_file": Path(exp.source).read_text(),
+                    "scale": scale.name, "scale_file": Path(scale.source).read_text(), "git_commit": git_commit(),
+                    "not_run": inp.skipped, "runs": used}
+        (out / "provenance.json").write_text(json.dumps(prov_out, indent=2) + "\n")
+    return paths

@@ -1,0 +1,178 @@
+"""`psfl reproduce`: experiment files, shared and resumable runs, figures, missing data."""
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psfl.cli import main
+from psfl.errors import PsflError
+from psfl.experiments import EXPERIMENTS_DIR, experiment_names, load_experiment, load_scale, plan
+
+TINY_SCALE = """
+[config]
+rounds = 2
+threads = 1
+[config.data]
+num_clients = 3
+eval_samples = 64
+local_eval_samples = 32
+[config.model]
+family = "tiny"
+[config.train]
+local_steps = 2
+batch_size = 16
+[config.agp]
+warmup_rounds = 0
+[config.evaluator]
+epochs = 1
+score_epochs = 1
+"""
+
+
+@pytest.fixture()
+def exp_dir(tmp_path):
+    """The repository's experiment files with a tiny scale next to them."""
+    d = tmp_path / "experiments"
+    shutil.copytree(EXPERIMENTS_DIR, d)
+    (d / "scale-tiny.toml").write_text(TINY_SCALE)
+    return d
+
+
+def synthetic_cifar100(path: Path, n_train: int = 400, n_test: int = 120) -> Path:
+    """A small file in CIFAR-100's Keras layout (32x32x3 uint8, labels (N, 1), 100 classes)."""
+    g = np.random.default_rng(0)
+
+    def part(n):
+        y = np.arange(n) % 100
+        x = g.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8)
+        x[np.arange(n), (y // 10) * 3, :, y % 3] = 255  # a class-dependent stripe
+        return x, y.reshape(-1, 1).astype(np.uint8)
+
+    (xtr, ytr), (xte, yte) = part(n_train), part(n_test)
+    np.savez(path / "cifar100.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def test_experiment_files_load_and_runs_are_shared():
+    names = experiment_names()
+    assert names[:10] == [f"fig{i}" for i in range(4, 14)] and "recon" in names
+    exps = [load_experiment(n) for n in names]
+    scale = load_scale("cpu")
+    runs = plan(exps, scale, [0, 1, 2], Path("/r"), ["mnist", "fashion_mnist", "cifar10", "cifar100"])
+    # per dataset: psfl (r = 0.9: Figs. 4-5, 7-12 share it), r = 0.3, r = 0.6, no-agp, no-pld;
+    # Figs. 11-13 add psfl-plus and the four contenders on Fashion-MNIST and CIFAR-10 only
+    assert len(runs) == 3 * (4 * 5 + 2 * 5)
+    psfl = [r for r in runs if r.dataset == "cifar10" and r.seed == 0 and r.name == "psfl"]
+    assert len(psfl) == 1 and ("fig4", "PSFL") in psfl[0].uses and ("fig8", "r = 0.9") in psfl[0].uses
+    assert ("fig12", "PSFL") in psfl[0].uses
+    assert {r.name for r in runs if r.dataset == "mnist"} == {
+        "psfl", "psfl+data.alpha=0.3", "psfl+data.alpha=0.6", "psfl-no-agp", "psfl-no-pld"}
+    assert all(r.cfg.rounds == scale.config["rounds"] and r.cfg.model.family == "cpu" for r in runs)
+    assert len({r.path for r in runs}) == len(runs)
+
+
+def test_bad_experiment_files_are_rejected(exp_dir):
+    (exp_dir / "bad.toml").write_text('title = "x"\nplot = "curves"\ndatasets = ["mnist"]\nmetrics = ["acc"]\n'
+                                      '[[series]]\nlabel = "a"\nmethod = "psfl"\n')
+    with pytest.raises(PsflError, match="unknown dataset, metric or method 'acc'"):
+        load_experiment("bad", exp_dir)
+    (exp_dir / "bad.toml").write_text('title = "x"\nplot = "curves"\ndatasets = ["mnist"]\ncolour = 1\n')
+    with pytest.raises(PsflError, match="unknown key.*colour"):
+        load_experiment("bad", exp_dir)
+    (exp_dir / "bad.toml").write_text('title = "x"\nplot = "curves"\ndatasets = ["mnist"]\nmetrics = ["energy"]\n'
+                                      '[[series]]\nlabel = "a"\nmethod = "fedavg"\nset = ["agp.zeta_max=0.5"]\n')
+    with pytest.raises(PsflError, match="agp.zeta_max: method 'fedavg' does not read it"):
+        plan([load_experiment("bad", exp_dir)], load_scale("tiny", exp_dir), [0], Path("/r"), ["mnist"])
+    with pytest.raises(PsflError, match="unknown experiment 'fig99'"):
+        load_experiment("fig99", exp_dir)
+
+
+def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, capsys):
+    from psfl.config import load_config
+    from psfl.data import DATASETS
+    from psfl.data.datasets import bundled_path
+    from psfl.experiments import base_config
+    from psfl.runners.inprocess import read_records, run_federated
+
+    data = synthetic_cifar100(tmp_path)
+    shutil.copy(bundled_path(DATASETS.get("fashion_mnist")), data / "fashion_mnist.npz")
+    out, runs = tmp_path / "results", tmp_path / "results" / "runs"
+    argv = ["reproduce", "all", "--experiments", str(exp_dir), "--scale", "tiny", "--seeds", "0",
+            "--data-dir", str(data), "--out", str(out), "--no-progress",
+            "--set", f"evaluator.cache_dir=\"{tmp_path / 'cache'}\""]
+    # one run interrupted after its first round: reproduce must resume it, not restart it
+    interrupted = runs / "tiny" / "fashion_mnist" / "psfl-no-pld" / "seed0"
+    extra = [f"data.data_dir=\"{data}\"", f"evaluator.cache_dir=\"{tmp_path / 'cache'}\""]
+    cfg = load_config(None, ['method="psfl-no-pld"', "seed=0"],
+                      base=base_config(load_scale("tiny", exp_dir), "fashion_mnist", extra))
+    run_federated(cfg, interrupted, progress=False, stop_after=1, strict=False)
+    full = run_federated(cfg, tmp_path / "uninterrupted", progress=False, strict=False).records
+
+    assert main(argv + ["--datasets", "fashion_mnist,cifar100"]) == 0
+    log = capsys.readouterr().out
+    assert "resume fashion_mnist/psfl-no-pld/seed0" in log and log.count(" start ") == 14  # 15 runs, 1 resumed
+    timing = ("time_s", "compute_s")
+    got = [{k: v for k, v in r.items() if k not in timing} for r in read_records(interrupted / "metrics.jsonl")]
+    assert got == [{k: v for k, v in r.items() if k not in timing} for r in full]
+    for fig in [f"fig{i}" for i in range(4, 14)] + ["recon"]:
+        files = {p.name for p in (out / fig).iterdir()}
+        assert {"command.txt", "provenance.json"} <= files and any(f.endswith(".png") for f in files), fig
+    curves = (out / "fig8" / "curves.csv").read_text()
+    assert "cifar100,r = 0.3,local_accuracy,2,1," in curves and "fashion_mnist,r = 0.9,global_accuracy,1" in curves
+    prov4 = json.loads((out / "fig4" / "provenance.json").read_text())
+    prov11 = json.loads((out / "fig11" / "provenance.json").read_text())
+    shared = {r["run"] for r in prov4["runs"]} & {r["run"] for r in prov11["runs"]}
+    assert shared == {str(runs / "tiny" / "fashion_mnist" / "psfl" / "seed0")}
+    assert all(r["rounds_done"] == 2 and len(r["data_fingerprint"]) == 32 for r in prov11["runs"])
+    assert (out / "recon" / "recon-cifar100.png").is_file() and (out / "recon" / "recon-fashion_mnist.png").is_file()
+    recon = (out / "recon" / "reconstructions.csv").read_text().splitlines()
+    assert len(recon) == 1 + 3 * (1 + 2)  # cifar100: PSFL x 3 SNRs; fashion_mnist: PSFL and FedAvg x 3 SNRs
+    before = (out / "fig11" / "curves.csv").read_text()
+
+    # a second call runs nothing and draws the same numbers
+    assert main(argv + ["--datasets", "fashion_mnist,cifar100"]) == 0
+    assert " start " not in capsys.readouterr().out
+    assert (out / "fig11" / "curves.csv").read_text() == before
+
+
+def test_missing_data_is_skipped_by_default_and_refused_when_asked(exp_dir, tmp_path, capsys):
+    argv = ["reproduce", "fig12", "--experiments", str(exp_dir), "--scale", "tiny", "--data-dir", str(tmp_path),
+            "--out", str(tmp_path / "o"), "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cifar10 not run" in out and "cifar10.npz" in out and "0 runs" in out
+    assert main(argv + ["--datasets", "cifar10"]) == 2
+    assert "cifar10.npz not found" in capsys.readouterr().err
+
+
+def test_a_folder_made_with_another_config_is_refused(exp_dir, tmp_path):
+    from psfl.config import dump_config
+    from psfl.experiments import check_existing
+
+    data = tmp_path / "d"
+    data.mkdir()
+    runs = plan([load_experiment("fig4", exp_dir)], load_scale("tiny", exp_dir), [0], tmp_path / "runs",
+                ["fashion_mnist"])
+    r = runs[0]
+    r.path.mkdir(parents=True)
+    other = copy.deepcopy(r.cfg)
+    other.train.lr = 0.5
+    (r.path / "config.toml").write_text(dump_config(other))
+    with pytest.raises(PsflError, match="another config \\(train.lr"):
+        check_existing(r)
+
+
+def test_run_lock_refuses_a_second_writer(tmp_path):
+    from psfl.runners.lock import RunLockedError, run_lock
+
+    with run_lock(tmp_path) as path:
+        assert path.is_file() and str(__import__("os").getpid()) in path.read_text()
+        with pytest.raises(RunLockedError, match="being written by process"):
+            with run_lock(tmp_path):
+                pass
+    assert not path.exists()
+    with run_lock(tmp_path):  # released: free again
+        pass
