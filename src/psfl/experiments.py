@@ -232,19 +232,36 @@ def status(run: PlannedRun) -> str:
 
 
 def check_existing(run: PlannedRun) -> None:
-    """A folder that already holds a run must have been made with the planned config."""
+    """A folder that already holds a run must have been made with the planned config
+    (fields that do not change a run's numbers aside: threads, paths, and the fields its
+    method never reads)."""
     from psfl.runners.inprocess import CONFIG
 
     stored_path = run.path / CONFIG
     if not stored_path.is_file():
         return
+    from psfl.methods import METHODS
+
     stored = load_config(stored_path)
-    diffs = [f for f in diff_configs(stored, run.cfg) if f not in IGNORED_FIELDS + ("rounds",)]
+    unread = tuple(METHODS.get(run.cfg.method).unused_fields(run.cfg)) if run.cfg.method in METHODS else ()
+    diffs = [f for f in diff_configs(stored, run.cfg) if f not in IGNORED_FIELDS + ("rounds",) + unread]
     if diffs:
         raise PsflError(f"{run.path} holds a run with another config ({', '.join(diffs)} differ from the "
                         "experiment's); move it away or use another --runs folder")
     if stored.rounds > run.cfg.rounds:
         raise PsflError(f"{run.path} was run for {stored.rounds} rounds, the experiment asks for {run.cfg.rounds}")
+
+
+def ensure_global_model(run_dir: Path, device: Any = "cpu") -> Path:
+    """The run's ``global_model.pt``; a finished run made before runs wrote it gets it from
+    its checkpoint (a resume with no round left to train)."""
+    from psfl.runners.inprocess import CHECKPOINT, GLOBAL_MODEL, resume_config, run_federated
+
+    path = Path(run_dir) / GLOBAL_MODEL
+    if not path.is_file() and (Path(run_dir) / CHECKPOINT).is_file():
+        run_federated(resume_config(run_dir, strict=False), run_dir, resume=True, progress=False, device=device,
+                      strict=False)
+    return path
 
 
 def execute(run: PlannedRun, progress: bool = True, device: Any = "cpu",

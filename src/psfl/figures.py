@@ -382,10 +382,11 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
 
     from psfl import data as D
     from psfl.evaluate.evaluator import load_evaluator
-    from psfl.evaluate.transmit import model_file, transmit_images
+    from psfl.evaluate.transmit import transmit_images
+    from psfl.experiments import ensure_global_model
     from psfl.models import load_model_checkpoint
 
-    exp, paths, rows = inp.exp, [], []
+    exp, paths, rows, notes = inp.exp, [], [], []
     for ds in inp.datasets:
         cfg = inp.base[ds]
         cols, labels = [], []
@@ -396,7 +397,11 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
                 continue
             seed = min(runs)
             run_dir = inp.paths[(ds, s.label)][seed]
-            model = load_model_checkpoint(model_file(run_dir), device=inp.device)
+            model_path = ensure_global_model(run_dir, inp.device)
+            if not model_path.is_file():  # e.g. a clone: model files are not committed
+                notes.append(f"{ds} {s.label}: no global model in {run_dir} (no checkpoint.pt either)")
+                continue
+            model = load_model_checkpoint(model_path, device=inp.device)
             meta = model.checkpoint_config
             data = D.load_dataset(ds, source=cfg.data.source, data_dir=cfg.data.data_dir)
             res = D.resolve_for(data, meta["input_preset"])
@@ -436,6 +441,7 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
               f"{r.get('baseline_class_mean_psnr', math.nan):.2f} |" for r in rows]
     for ds, why in inp.skipped.items():
         lines.append(f"\n**{ds}: not run.** {why}")
+    lines += [f"\n**Not drawn:** {n}" for n in notes]
     (out / "summary.md").write_text(f"# {exp.title}\n\n" + "\n".join(lines) + "\n")
     return [*paths, path, out / "summary.md"]
 
