@@ -354,7 +354,49 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
         if any(p.returncode for p in procs):
             failed["workers"] = f"a worker exited with {[p.returncode for p in procs]}"
     paths = draw(exps, scale, runs, skipped, available, out_root, extra, device, failed) if figures else []
+    if figures:
+        paths.append(write_claims(scale, seeds, runs_root, available, skipped, out_root, extra, root))
     return Outcome(runs, failed, skipped, paths)
+
+
+def figure_input(exp: Experiment, scale: Scale, runs: Sequence[PlannedRun], skipped: dict[str, str],
+                 available: Sequence[str], extra: Sequence[str] = (), device: Any = "cpu",
+                 failed: dict[str, str] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """The finished runs of ``exp`` (a :class:`psfl.figures.FigureInput`) and a record of
+    every run it uses (folder, rounds done, compute time, code version, data fingerprints)."""
+    from psfl.figures import FigureInput
+    from psfl.runners.inprocess import PROVENANCE, read_records
+
+    records: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
+    folders: dict[tuple[str, str], dict[int, Path]] = {}
+    used: list[dict[str, Any]] = []
+    rounds, bases = {}, {}
+    dsets = [d for d in exp.datasets if d in available]
+    for ds in dsets:
+        bases[ds] = base = base_config(scale, ds, extra)
+        rounds[ds] = base.rounds
+        for s in exp.series_for(ds):
+            for r in runs:
+                if r.dataset != ds or (exp.name, s.label) not in r.uses:
+                    continue
+                folders.setdefault((ds, s.label), {})[r.seed] = r.path
+                try:
+                    recs = read_records(r.path / "metrics.jsonl")
+                except ValueError:  # a torn last line of a run being written: count it as unfinished
+                    recs = []
+                prov = json.loads((r.path / PROVENANCE).read_text()) if (r.path / PROVENANCE).is_file() else {}
+                used.append({"run": str(r.path), "dataset": ds, "series": s.label, "seed": r.seed,
+                             "rounds_done": len(recs), "rounds": r.cfg.rounds,
+                             "compute_s": round(sum(x.get("time_s", 0.0) for x in recs), 1),
+                             "git_commit": prov.get("runtime", {}).get("git_commit"),
+                             "data_fingerprint": prov.get("data", {}).get("fingerprint"),
+                             "partition_fingerprint": prov.get("partition", {}).get("fingerprint"),
+                             "failed": (failed or {}).get(r.key)})
+                if len(recs) >= r.cfg.rounds:
+                    records.setdefault((ds, s.label), {})[r.seed] = recs[:r.cfg.rounds]
+    inp = FigureInput(exp, dsets, {d: w for d, w in skipped.items() if d in exp.datasets}, records, folders,
+                      rounds, bases, device)
+    return inp, used
 
 
 def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], skipped: dict[str, str],
@@ -362,50 +404,50 @@ def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], s
          failed: dict[str, str] | None = None) -> list[Path]:
     """Every experiment's figure from the finished runs, with ``command.txt`` and
     ``provenance.json`` (code version, scale and experiment files, the runs used)."""
-    from psfl.figures import FIGURES, FigureInput
-    from psfl.runners.inprocess import PROVENANCE, git_commit, read_records
+    from psfl.figures import FIGURES
+    from psfl.runners.inprocess import git_commit
 
-    by_key = {}
-    for r in runs:
-        by_key.setdefault(r.dataset, []).append(r)
     paths: list[Path] = []
     for exp in exps:
         out = Path(out_root) / exp.name
         out.mkdir(parents=True, exist_ok=True)
-        dsets = [d for d in exp.datasets if d in available]
-        records: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
-        folders: dict[tuple[str, str], dict[int, Path]] = {}
-        used = []
-        rounds, bases = {}, {}
-        for ds in dsets:
-            base = base_config(scale, ds, extra)
-            bases[ds] = base
-            rounds[ds] = base.rounds
-            for s in exp.series_for(ds):
-                for r in by_key.get(ds, []):
-                    if (exp.name, s.label) not in r.uses:
-                        continue
-                    folders.setdefault((ds, s.label), {})[r.seed] = r.path
-                    recs = read_records(r.path / "metrics.jsonl") if (r.path / "metrics.jsonl").exists() else []
-                    prov = {}
-                    if (r.path / PROVENANCE).is_file():
-                        prov = json.loads((r.path / PROVENANCE).read_text())
-                    used.append({"run": str(r.path), "dataset": ds, "series": s.label, "seed": r.seed,
-                                 "rounds_done": len(recs), "rounds": r.cfg.rounds,
-                                 "git_commit": prov.get("runtime", {}).get("git_commit"),
-                                 "data_fingerprint": prov.get("data", {}).get("fingerprint"),
-                                 "partition_fingerprint": prov.get("partition", {}).get("fingerprint"),
-                                 "failed": (failed or {}).get(r.key)})
-                    if len(recs) >= r.cfg.rounds:
-                        records.setdefault((ds, s.label), {})[r.seed] = recs[:r.cfg.rounds]
-        inp = FigureInput(exp, dsets, {d: w for d, w in skipped.items() if d in exp.datasets}, records, folders,
-                          rounds, bases, device)
+        inp, used = figure_input(exp, scale, runs, skipped, available, extra, device, failed)
         paths += FIGURES.get(exp.plot).draw(inp, out)
         cmd = ["psfl", "reproduce", *sys.argv[2:]] if sys.argv[1:2] == ["reproduce"] else ["psfl", "reproduce",
                                                                                            exp.name]
         (out / "command.txt").write_text(" ".join(cmd) + "\n")
         prov_out = {"experiment": exp.name, "title": exp.title, "experiment_file": Path(exp.source).read_text(),
                     "scale": scale.name, "scale_file": Path(scale.source).read_text(), "git_commit": git_commit(),
+                    "runs_finished": sum(u["rounds_done"] >= u["rounds"] for u in used), "runs_planned": len(used),
+                    "compute_hours": round(sum(u["compute_s"] for u in used) / 3600, 2),
                     "not_run": inp.skipped, "runs": used}
         (out / "provenance.json").write_text(json.dumps(prov_out, indent=2) + "\n")
     return paths
+
+
+def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available: Sequence[str],
+                 skipped: dict[str, str], out_root: Path, extra: Sequence[str] = (),
+                 root: Path = EXPERIMENTS_DIR) -> Path:
+    """``OUT/claims.md``: every figure's state (runs finished, compute time of its runs)
+    and the paper's claims judged on all finished runs (:mod:`psfl.claims`)."""
+    from psfl.claims import claims_markdown
+
+    exps = [load_experiment(n, root) for n in experiment_names(root)]
+    runs = plan(exps, scale, seeds, runs_root, available, extra)
+    inputs, lines = {}, ["| figure | runs finished | compute of its runs (h, 1 thread each) | not run |",
+                         "|---|---|---|---|"]
+    total: dict[str, float] = {}
+    for exp in exps:
+        inp, used = figure_input(exp, scale, runs, skipped, available, extra)
+        inputs[exp.name] = inp
+        for u in used:
+            total[u["run"]] = u["compute_s"]
+        done = sum(u["rounds_done"] >= u["rounds"] for u in used)
+        lines.append(f"| {exp.name} | {done}/{len(used)} | {sum(u['compute_s'] for u in used) / 3600:.2f} | "
+                     f"{', '.join(inp.skipped) or '-'} |")
+    lines.append(f"| all (each run once) | | {sum(total.values()) / 3600:.2f} | |")
+    path = Path(out_root) / "claims.md"
+    path.write_text(f"# psfl reproduce: state and claims (scale {scale.name}, seeds "
+                    f"{','.join(map(str, seeds))})\n\n" + "\n".join(lines) + "\n\n## Claims\n\n"
+                    + claims_markdown(inputs) + "\n")
+    return path
