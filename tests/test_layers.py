@@ -4,7 +4,7 @@ top-level or inside a function, runs upward, and no import cycle exists (a packa
 
     core     psfl.{config, channel, models, data, losses, optim, fl, codecs, evaluate, train, pretrain, ...}
     methods  psfl.methods.*
-    runners  psfl.runners.*, psfl.compare, psfl.report
+    runners  psfl.runners.*, psfl.compare, psfl.report, psfl.seeds, psfl.experiments, psfl.figures, psfl.claims
     cli      psfl.cli.*, psfl.__main__
 """
 import ast
@@ -12,6 +12,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = ("core", "methods", "runners", "cli")
+RUNNER_MODULES = ("psfl.compare", "psfl.report", "psfl.seeds", "psfl.experiments", "psfl.figures", "psfl.claims")
 
 
 def module_name(path: Path) -> str:
@@ -25,7 +26,7 @@ MODULES = {module_name(p): p for p in SRC.rglob("*.py")}
 def layer(module: str) -> int:
     if module.startswith("psfl.cli") or module == "psfl.__main__":
         return 3
-    if module.startswith("psfl.runners") or module in ("psfl.compare", "psfl.report"):
+    if module.startswith("psfl.runners") or module in RUNNER_MODULES:
         return 2
     if module.startswith("psfl.methods"):
         return 1

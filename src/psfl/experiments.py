@@ -252,18 +252,6 @@ def check_existing(run: PlannedRun) -> None:
         raise PsflError(f"{run.path} was run for {stored.rounds} rounds, the experiment asks for {run.cfg.rounds}")
 
 
-def ensure_global_model(run_dir: Path, device: Any = "cpu") -> Path:
-    """The run's ``global_model.pt``; a finished run made before runs wrote it gets it from
-    its checkpoint (a resume with no round left to train)."""
-    from psfl.runners.inprocess import CHECKPOINT, GLOBAL_MODEL, resume_config, run_federated
-
-    path = Path(run_dir) / GLOBAL_MODEL
-    if not path.is_file() and (Path(run_dir) / CHECKPOINT).is_file():
-        run_federated(resume_config(run_dir, strict=False), run_dir, resume=True, progress=False, device=device,
-                      strict=False)
-    return path
-
-
 def execute(run: PlannedRun, progress: bool = True, device: Any = "cpu",
             log: Callable[[str], None] = print) -> str:
     """Run, resume or skip one planned run; returns what happened."""

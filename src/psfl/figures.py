@@ -165,9 +165,12 @@ def _grid(rows: int, cols: int, w: float = 4.2, h: float = 3.3):
 def _band(ax, a: np.ndarray, label: str, style: str = "-") -> None:
     if not a.size:
         return
+    from matplotlib.ticker import MaxNLocator
+
     x = np.arange(1, a.shape[1] + 1)
     mean = a.mean(0)
     line, = ax.plot(x, mean, style, label=f"{label} (n={a.shape[0]})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if a.shape[0] > 1:
         sd = a.std(0, ddof=1)
         ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.18, linewidth=0)
@@ -282,6 +285,8 @@ def draw_contenders(inp: FigureInput, out: Path) -> list[Path]:
                             "mean": float(a[:, c].mean()), "sd": float(a[:, c].std(ddof=1)) if a.shape[0] > 1
                             else float("nan")} for c in range(a.shape[1])]
         ax.set(xlabel="client", ylabel="final local accuracy", ylim=(0, 1))
+        if ds in inp.base:
+            ax.set_xticks(range(inp.base[ds].data.num_clients))
         ax.set_title(f"({PANEL[len(metrics)]}) {ds}", fontsize=10)
         ax.legend(fontsize=6, ncol=2)
     _not_run_note(fig, inp)
@@ -383,7 +388,7 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
     from psfl import data as D
     from psfl.evaluate.evaluator import load_evaluator
     from psfl.evaluate.transmit import transmit_images
-    from psfl.experiments import ensure_global_model
+    from psfl.runners.inprocess import ensure_global_model
     from psfl.models import load_model_checkpoint
 
     exp, paths, rows, notes = inp.exp, [], [], []

@@ -226,6 +226,16 @@ def save_global_model(method: FederatedMethod, cfg: RunConfig, run_dir: Path, ro
     return path
 
 
+def ensure_global_model(run_dir: Path, device: Any = "cpu") -> Path:
+    """The run's ``global_model.pt``; a finished run made before runs wrote it gets it from
+    its checkpoint (a resume with no round left to train)."""
+    path = Path(run_dir) / GLOBAL_MODEL
+    if not path.is_file() and (Path(run_dir) / CHECKPOINT).is_file():
+        run_federated(resume_config(run_dir, strict=False), run_dir, resume=True, progress=False, device=device,
+                      strict=False)
+    return path
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
