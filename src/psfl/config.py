@@ -100,6 +100,18 @@ class AGPConfig:
 
 
 @dataclass
+class ServerConfig:
+    """How the server screens uploads before aggregating (every method, every engine)."""
+    # An upload is rejected (logged in metrics.jsonl, left out of the aggregation, whose
+    # weights renormalise over the rest) when it does not decode into the model's exact
+    # entries and shapes, holds a non-finite value, or its norm (of the update, or of the
+    # state minus the global model) exceeds max_norm_ratio x the median norm of the
+    # round's uploads (0 = no norm bound; needs >= 3 uploads).
+    max_norm_ratio: float = 10.0
+    min_clients: int = 1  # fewer accepted uploads: the run stops after the last full round (resumable)
+
+
+@dataclass
 class EnergyConfig:
     bandwidth_hz: float = 1.0e6  # B_k,t per MU (OFDMA share); not given in the paper
     power_w: float = 0.1  # P_k,t (paper: P_max = 0.1 W)
@@ -137,6 +149,7 @@ class RunConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     agp: AGPConfig = field(default_factory=AGPConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     method_options: dict[str, Any] = field(default_factory=dict)  # per-method hyper-parameters
 
@@ -182,6 +195,10 @@ class RunConfig:
              "must be finite and >= 0"),
             (self.energy.bandwidth_hz > 0 and finite(self.energy.bandwidth_hz), "energy.bandwidth_hz", "must be > 0"),
             (self.energy.power_w > 0 and finite(self.energy.power_w), "energy.power_w", "must be > 0"),
+            (self.server.max_norm_ratio == 0 or (self.server.max_norm_ratio > 1 and finite(self.server.max_norm_ratio)),
+             "server.max_norm_ratio", "must be 0 (off) or a finite number > 1"),
+            (1 <= self.server.min_clients <= d.num_clients, "server.min_clients",
+             "must be between 1 and data.num_clients"),
             (ev.epochs >= 1, "evaluator.epochs", "must be >= 1"),
             (ev.score_epochs >= 1, "evaluator.score_epochs", "must be >= 1"),
             (t.mse_space in MSE_SPACES, "train.mse_space", f"must be one of {', '.join(MSE_SPACES)}"),

@@ -16,3 +16,8 @@ class DivergenceError(Exception):
         val = "" if value is None else f" ({value})"
         super().__init__(f"diverged in round {rnd + 1}, {who}: non-finite {quantity}{val}; "
                          f"the {rnd} completed round(s) are kept (lower train.lr or set train.grad_clip)")
+
+
+class RoundFailedError(Exception):
+    """Too few clients answered with an acceptable upload in a round. The runner keeps
+    every completed round (the run resumes with ``--resume``); the CLI exits with status 3."""

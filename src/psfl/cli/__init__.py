@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from psfl.errors import DivergenceError, PsflError
+from psfl.errors import DivergenceError, PsflError, RoundFailedError
 from psfl.registry import Registry
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except DivergenceError as e:
+    except (DivergenceError, RoundFailedError) as e:
         print(f"psfl {args.command}: error: {e}", file=sys.stderr)
         return 3
     except PsflError as e:

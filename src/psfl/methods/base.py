@@ -227,6 +227,7 @@ class FederatedMethod(ABC):
 
     name: str = ""
     Options: type[MethodOptions] = MethodOptions
+    uploads_updates: bool = False  # decode_upload gives a model update (else a model state)
 
     @classmethod
     def unused_fields(cls, cfg: RunConfig) -> list[str]:
@@ -256,6 +257,13 @@ class FederatedMethod(ABC):
     @abstractmethod
     def global_model(self) -> nn.Module:
         """A model loaded with the current global weights (for evaluation)."""
+
+    def decode_upload(self, payload: bytes) -> dict[str, Tensor] | None:
+        """An upload as the server aggregates it (a state, or an update when
+        ``uploads_updates``), so that the runner can screen it before :meth:`aggregate`
+        (decodable, right shapes, finite, plausible norm); raises on a malformed payload.
+        None: this method does not expose its decoding (its uploads are not screened)."""
+        return None
 
     @abstractmethod
     def server_state(self) -> dict[str, Any]: ...

@@ -51,7 +51,7 @@ from psfl.fl.agp import prunable_keys
 from psfl.fl.aggregate import fedavg
 from psfl.methods.base import METHODS, FederatedEnv, Upload, clone_state, make_generator
 from psfl.methods.single import SingleModelMethod, SingleModelOptions
-from psfl.methods.wire import encode_model, wire_keys
+from psfl.methods.wire import decode_like, encode_model, wire_keys
 
 
 def _sub(a: dict[str, Tensor], b: dict[str, Tensor], keys: list[str]) -> dict[str, Tensor]:
@@ -102,6 +102,7 @@ class FedPAQOptions(SingleModelOptions):
 class STC(SingleModelMethod):
     """STC (Sattler et al. 2019): sparse ternary updates both ways with error accumulation."""
     name = "stc"
+    uploads_updates = True
     Options = STCOptions
 
     def __init__(self, env: FederatedEnv, options: STCOptions | None = None, cfg=None) -> None:
@@ -136,7 +137,7 @@ class STC(SingleModelMethod):
         self.last_down = down
 
     def decode_up(self, payload: bytes) -> dict[str, Tensor]:
-        return decode_state(payload, self.keys)
+        return decode_like(payload, self.template, self.keys)
 
     def server_state(self) -> dict[str, Any]:
         return {"global": self.global_state, "residual": self.server_residual, "down": self.last_down}
@@ -222,14 +223,14 @@ class FTTQ(SingleModelMethod):
                             lambda n, t: ("ternary2bit", {}) if n in tern else ("dense", {}))
 
     def decode_up(self, payload: bytes) -> dict[str, Tensor]:
-        got = decode_state(payload, self.keys)
-        return {k: got[k].view_as(self.template[k]).to(self.template[k].dtype) for k in self.keys}
+        return decode_like(payload, self.template, self.keys)
 
 
 @METHODS.register("fedpaq")
 class FedPAQ(SingleModelMethod):
     """FedPAQ (Reisizadeh et al. 2020): partial participation and QSGD-quantised updates."""
     name = "fedpaq"
+    uploads_updates = True
     Options = FedPAQOptions
 
     def __init__(self, env: FederatedEnv, options: FedPAQOptions | None = None, cfg=None) -> None:

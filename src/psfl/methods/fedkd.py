@@ -27,7 +27,7 @@ from psfl.fl.aggregate import fedavg
 from psfl.fl.fedkd import fedkd_losses
 from psfl.methods.base import METHODS, Upload, clone_state
 from psfl.methods.psfl import PSFL, PSFLOptions
-from psfl.methods.wire import decode_model, encode_model, wire_keys
+from psfl.methods.wire import decode_like, decode_model, encode_model, wire_keys
 
 
 @dataclass
@@ -51,6 +51,7 @@ class FedKD(PSFL):
     name = "fedkd"
     Options = FedKDOptions
     use_agp = False
+    uploads_updates = True
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
@@ -74,8 +75,11 @@ class FedKD(PSFL):
         payload = b"\x00" + encode_model(self.global_state) if self.down is None else b"\x01" + self.down
         return payload, {"energy_threshold": self.threshold(rnd)}
 
+    def decode_upload(self, payload: bytes) -> dict[str, torch.Tensor]:
+        return decode_like(payload, self.template, self.keys)
+
     def aggregate(self, rnd: int, uploads: list[Upload]) -> dict[str, float]:
-        updates = [decode_state(u.payload, self.keys) for u in uploads]
+        updates = [self.decode_upload(u.payload) for u in uploads]
         mean = fedavg(updates, [u.num_samples for u in uploads])  # Eq. 10 on the updates
         self.down = self._svd(mean, rnd)
         self.global_state = _add(self.global_state, decode_state(self.down, self.keys))  # exactly what is sent

@@ -91,6 +91,9 @@ class SingleModelMethod(FederatedMethod):
     def decode_up(self, payload: bytes) -> dict[str, Tensor]:
         return decode_model(payload, self.template)
 
+    def decode_upload(self, payload: bytes) -> dict[str, Tensor]:
+        return self.decode_up(payload)
+
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
         self.global_state.update(fedavg(decoded, [u.num_samples for u in uploads]))  # Eq. 10
 

@@ -33,11 +33,24 @@ def encode_model(state: dict[str, Tensor]) -> bytes:
     return encode_state({k: state[k].detach().float().contiguous() for k in keys}, lambda name, t: ("dense", {}))
 
 
-def decode_model(payload: bytes, template: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Floating-point entries decoded from ``payload``; shapes/dtypes from ``template``."""
-    keys = wire_keys(template)
+def check_shape(t: Tensor, like: Tensor, key: str) -> Tensor:
+    """``t`` if its shape is ``like``'s (a payload is never silently reshaped), cast to its dtype."""
+    if tuple(t.shape) != tuple(like.shape):
+        raise PsflError(f"payload entry {key!r} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+    return t.to(like.dtype)
+
+
+def decode_like(payload: bytes, template: dict[str, Tensor], keys: list[str] | None = None) -> dict[str, Tensor]:
+    """The ``keys`` (default: the floating-point entries of ``template``) decoded from
+    ``payload``, each with exactly its template's shape (else :class:`PsflError`) and dtype."""
+    keys = wire_keys(template) if keys is None else list(keys)
     got = decode_state(payload, keys)
-    return {k: got[k].to(template[k].dtype).view_as(template[k]) for k in keys}
+    return {k: check_shape(got[k], template[k], k) for k in keys}
+
+
+def decode_model(payload: bytes, template: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Floating-point entries decoded from ``payload``; shapes (checked) and dtypes from ``template``."""
+    return decode_like(payload, template)
 
 
 def encode_kept(state: dict[str, Tensor], mask: dict[str, Tensor]) -> bytes:
@@ -68,7 +81,7 @@ def decode_kept(payload: bytes, template: dict[str, Tensor], mask: dict[str, Ten
             full[keep] = got[k].reshape(-1)
             state[k] = full.view_as(template[k]).to(template[k].dtype)
         else:
-            state[k] = got[k].view_as(template[k]).to(template[k].dtype)
+            state[k] = check_shape(got[k], template[k], k)
     return state
 
 

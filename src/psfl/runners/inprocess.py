@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from psfl.config import RunConfig, diff_configs, dump_config, load_config
-from psfl.errors import PsflError
+from psfl.errors import PsflError, RoundFailedError
 from psfl.fl.energy import link_cost, round_snrs
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
 from psfl.methods.base import ClientResult
 from psfl.methods.base import check_finite, check_state_finite, make_generator
+from psfl.methods.screen import screen_uploads
 from psfl.runners.lock import run_lock
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,8 +42,15 @@ class RunResult:
     records: list[dict[str, Any]]
 
 
+@dataclass
+class ClientFailure:
+    """What an executor yields instead of a ClientResult for a client that raised, timed
+    out or whose reply was lost: the round goes on without it (recorded in ``failed``)."""
+    reason: str
+
+
 # The clients of one round: (round, broadcast payload, participating cids, SNRs) ->
-# (cid, ClientResult, seconds of client compute) per client, in any order. The
+# (cid, ClientResult or ClientFailure, seconds of client compute) per client, in any order. The
 # in-process default calls the method's client_update in turn; the Flower engine
 # (psfl.runners.flower) sends messages to nodes. Everything else is the same loop.
 ClientExecutor = Callable[[int, bytes, list[int], Any], Iterable[tuple[int, ClientResult, float]]]
@@ -171,16 +180,31 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
         tb = time.perf_counter()
         payload, server_metrics = method.broadcast(rnd, snrs)
         uploads, clients, compute_s = [], [], time.perf_counter() - tb  # time inside the method
+        failed: list[dict[str, Any]] = []
         for cid, res, secs in sorted(run_clients(rnd, payload, method.participants(rnd, K), snrs),
                                      key=lambda t: t[0]):  # client order fixed: aggregation sums in cid order
             compute_s += secs
+            if isinstance(res, ClientFailure):  # raised, timed out or lost on the way (external engines)
+                failed.append({"cid": cid, "reason": res.reason})
+                continue
             cost = link_cost(res.payload, float(snrs[cid]), e.bandwidth_hz, e.power_w)  # Eqs. 12-14
             uploads.append(Upload(cid, res.payload, env.data.volumes[cid]))
             clients.append({"cid": cid, "snr_db": float(snrs[cid]), "num_samples": env.data.volumes[cid],
                             "upload_bits": cost.bits, "rate_bps": cost.rate_bps, "delay_s": cost.delay_s,
                             "energy_j": cost.energy_j, **res.metrics})
         ta = time.perf_counter()
-        server_metrics.update(method.aggregate(rnd, uploads))
+        accepted, rejected = screen_uploads(method, uploads, cfg.server.max_norm_ratio)
+        for r in rejected:
+            next(c for c in clients if c["cid"] == r.cid)["rejected"] = r.reason
+            failed.append({"cid": r.cid, "reason": f"upload rejected: {r.reason}"})
+        if failed:
+            print(f"psfl: round {rnd + 1}: " + "; ".join(f"client {f['cid']}: {f['reason']}" for f in failed),
+                  file=sys.stderr, flush=True)
+        if len(accepted) < cfg.server.min_clients:
+            raise RoundFailedError(f"round {rnd + 1}: {len(accepted)} acceptable upload(s), fewer than "
+                                   f"server.min_clients = {cfg.server.min_clients}; the {rnd} completed round(s) "
+                                   f"are kept (psfl run --resume {run_dir} retries the round)")
+        server_metrics.update(method.aggregate(rnd, accepted))  # weights renormalise over the accepted uploads
         check_state_finite(method.global_model().state_dict(), rnd, None, "global model weight")
         glob = evaluate_global(method, env, rnd)
         compute_s += time.perf_counter() - ta
@@ -191,6 +215,7 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
             "energy_j": float(sum(c["energy_j"] for c in clients)),
             "delay_s": float(max(c["delay_s"] for c in clients)),
             "mean_local_acc": float(sum(c["local_acc"] for c in clients) / len(clients)),
+            **({"failed": failed} if failed else {}),
             **method.round_metrics(clients),  # per-method summaries, named by the method
             "global": glob, "clients": clients,
             "time_s": time.perf_counter() - t0, "compute_s": compute_s,  # time_s - compute_s: runner overhead
