@@ -40,3 +40,58 @@ def test_flower_resume_continues_from_node_state(tmp_path, cache):  # noqa: F811
     assert len(list((tmp_path / "fl" / "nodes").glob("*/client*.pt"))) == 3
     got = run_simulation(load_config(None, tiny_overrides(cache, rounds=2)), tmp_path / "fl", resume=True).records
     assert _strip(got) == _strip(ref)
+
+
+# --------------------------------------------------------------------------- `flwr run .`: the app
+def test_pyproject_declares_a_valid_flower_app():
+    """``flwr run .`` reads [tool.flwr.app]: flwr's own validator accepts it (the
+    components import), and its run-config defaults make psfl's default run."""
+    import tomllib
+    from pathlib import Path
+
+    from flwr.common.config import flatten_dict, validate_config
+
+    from psfl.config import dump_config
+    from psfl.runners.flower_app import server_run
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(pyproject, check_module=True, project_dir=root)
+    assert ok, errors
+    defaults = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    run = server_run(defaults, run_id=7)
+    assert dump_config(run.cfg) == dump_config(load_config(None, []))
+    assert run.run_dir.name == "flower-7" and not run.resume and run.device == "cpu"
+
+
+def test_run_config_maps_onto_psfl_config(tmp_path):
+    """Precedence: psfl defaults <- `config` file <- dotted keys <- `set`; "" leaves a field alone."""
+    from psfl.runners.flower_app import server_run
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('rounds = 7\nmethod = "stc"\n[train]\nlr = 0.03\n')
+    run = server_run({"config": str(toml), "rounds": 2, "method": "", "data.num_clients": 4,
+                      "model.family": "tiny", "set": "train.batch_size=8; channel.name='rayleigh'",
+                      "out": str(tmp_path / "run"), "resume": True, "timeout-s": 30.0}, run_id=1)
+    cfg = run.cfg
+    assert (cfg.rounds, cfg.method, cfg.train.lr, cfg.data.num_clients) == (2, "stc", 0.03, 4)
+    assert (cfg.model.family, cfg.train.batch_size, cfg.channel.name) == ("tiny", 8, "rayleigh")
+    assert run.run_dir == tmp_path / "run" and run.resume and run.timeout_s == 30.0
+
+
+@pytest.mark.parametrize("run_config, message", [
+    ({"rounds": 2, "roundz": 3}, "run config key 'roundz'"),
+    ({"data.num_client": 2}, "run config key 'data.num_client'"),
+    ({"resume": "maybe"}, "run config key 'resume'"),
+    ({"timeout-s": 0.0}, "run config key 'timeout-s'"),
+    ({"rounds": "many"}, "config field rounds"),
+    ({"set": "train.nope=1"}, "unknown config field 'train.nope'"),
+])
+def test_run_config_errors_name_the_key(run_config, message):
+    import re
+
+    from psfl.errors import PsflError
+    from psfl.runners.flower_app import server_run
+
+    with pytest.raises(PsflError, match=re.escape(message)):
+        server_run(run_config, run_id=1)

@@ -112,7 +112,8 @@ def write_tables(rows: list[dict[str, Any]], out: Path,
 
 
 def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = True,
-            resume: bool = False, device: Any = "cpu") -> tuple[list[dict[str, Any]], list[Path]]:
+            resume: bool = False, device: Any = "cpu", overwrite: bool = False
+            ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Run every method (same data partition, evaluator, seed and SNR trace) into
     ``out/<method>/`` and write the comparison plots and tables into ``out``."""
     from psfl.methods import METHODS, build_env, check_run_config
@@ -128,7 +129,7 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
     for m in methods:
         mcfg = replace(cfg, method=m)  # same environment (data, evaluators, models), another method
         results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env,
-                                   strict=m == cfg.method).records
+                                   strict=m == cfg.method, overwrite=overwrite).records
     rows = [summarize(m, recs) for m, recs in results.items()]
     baselines = env.provenance.get("baselines")
     paths = list(write_tables(rows, out, baselines)) + plot_compare(results, out, cfg.data.num_clients, baselines)

@@ -19,6 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--resume", action="store_true", help="continue methods from their checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from psfl.device import resolve_device
 
     rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume,
-                          device=resolve_device(args.device))
+                          device=resolve_device(args.device), overwrite=args.overwrite)
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -18,6 +18,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its last complete round; --set rounds=N extends it "
                         "(no other field may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: refuse; --resume continues it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
                    help="inprocess (default) or flower: Flower's simulation engine, one virtual SuperNode "
@@ -69,15 +71,22 @@ def run(args: argparse.Namespace) -> int:
     from psfl.device import resolve_device
 
     device = resolve_device(args.device)  # a bad device exits 2 before any work
+    if args.resume and args.overwrite:
+        print("psfl run: error: --overwrite cannot be combined with --resume", file=sys.stderr)
+        return 2
     if args.engine == "flower":
         from psfl.runners.flower import run_simulation
+        from psfl.runners.inprocess import clear_run
+
+        if args.overwrite and run_dir.is_dir():
+            clear_run(run_dir)
 
         result = run_simulation(cfg, run_dir, resume=bool(args.resume), progress=False,
                                 command=["psfl", *sys.argv[1:]], device=str(device), num_cpus=args.client_cpus,
                                 num_gpus=args.client_gpus)
     else:
         result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                               command=["psfl", *sys.argv[1:]], device=device)
+                               command=["psfl", *sys.argv[1:]], device=device, overwrite=args.overwrite)
     paths = write_report(result.records, run_dir)
     print(format_table(summary_rows(result.records, run_dir)))
     print(f"run directory: {run_dir}  (metrics.jsonl, checkpoint.pt, config.toml, provenance.json, "

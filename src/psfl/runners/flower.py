@@ -14,16 +14,21 @@ Only translation lives here; every algorithmic step is the method's own call:
 
 Messages (``ConfigRecord`` "psfl"): server -> node: ``config`` (the resolved run config
 as TOML), ``round``, ``cid``, ``snr_db``, ``payload`` (bytes), ``first`` (the client has
-not trained before: a node without its state may start it fresh); node -> server:
+not trained before: a node without its state may start it fresh), ``state_key`` (names
+the client's state on the node, :func:`state_key`); node -> server:
 ``payload`` (bytes), ``metrics`` (JSON), ``seconds``. A ``query`` message asks a node for
 its client id: ``partition-id`` of its node config (``flwr run`` simulation sets it;
 a deployed SuperNode gets ``--node-config "partition-id=3"``).
 
+``psfl run --engine flower`` runs :func:`run_simulation`; ``flwr run .`` (a SuperLink,
+deployed or local) runs the app objects of :mod:`psfl.runners.flower_app`, which build
+the :class:`ServerRun` from Flower's run config.
+
 Client state (mentor weights and optimiser state, error-feedback residuals, synced
 copies) stays on the node: in Flower's ``context.state`` (kept for the run by the
 simulation engine and by a SuperNode process), and, when the node config names a
-``state-dir``, in ``<state-dir>/<run tag>/client<cid>.pt`` after every round, from where a
-restarted node process reloads it. The data shard is rebuilt from the config on the
+``state-dir``, in ``<state-dir>/<state key>/client<cid>.pt`` after every round, from where a
+restarted node process (or a resumed run) reloads it. The data shard is rebuilt from the config on the
 node (a node config ``data-dir`` points at that node's copy of the data).
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,12 +100,20 @@ def run_tag(cfg: RunConfig) -> str:
     return hashlib.sha256(dump_config(replace(cfg, rounds=1)).encode()).hexdigest()[:16]
 
 
-def _state_path(node_config: dict[str, Any], cfg: RunConfig, cid: int) -> Path | None:
+def state_key(cfg: RunConfig, run_dir: Path) -> str:
+    """Names a run's node states on a node that serves many runs (a deployed SuperNode's
+    ``state-dir``): the config without ``rounds`` and the server's run folder, so that a
+    resumed run finds its states and a run of the same config into another folder
+    starts fresh."""
+    where = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{run_tag(cfg)}-{where}"
+
+
+def _state_path(node_config: dict[str, Any], key: str, cid: int) -> Path | None:
     root = node_config.get("state-dir") or os.environ.get(STATE_DIR_ENV)
     if not root:
         return None
-    tag = run_tag(cfg)
-    return Path(str(root)) / tag / f"client{cid}.pt"
+    return Path(str(root)) / key / f"client{cid}.pt"
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -170,7 +184,7 @@ def _handle_train(msg, context):
     data_dir = context.node_config.get("data-dir")
     cfg, env, method = _client_side(text, str(data_dir) if data_dir else None,
                                     str(context.node_config.get("device", "cpu")))
-    path = _state_path(context.node_config, cfg, cid)
+    path = _state_path(context.node_config, str(c["state_key"]) if "state_key" in c else run_tag(cfg), cid)
     state = _load_client_state(context, method, cid, rnd, path, bool(c["first"]))
     before = _from_bytes(_to_bytes(state))  # a deep copy: the state this round starts from
     t0 = time.perf_counter()
@@ -200,11 +214,13 @@ def _wait_for_nodes(grid, k: int, timeout_s: float) -> list[int]:
     return nodes
 
 
-def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0) -> Callable:
+def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | None = None) -> Callable:
     """A :data:`psfl.runners.inprocess.ClientExecutor` over a Flower grid: one ``train``
-    message per participating client, to the node that holds it."""
+    message per participating client, to the node that holds it (``key`` names the
+    clients' states on the nodes, :func:`state_key`; default :func:`run_tag`)."""
     ConfigRecord, _, Message, RecordDict = _flwr()[:4]
     from psfl.methods.base import ClientResult
+    from psfl.runners.inprocess import ClientFailure
 
     text = dump_config(cfg)
     nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s)
@@ -225,34 +241,59 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0) -> Callable:
             seen = {c for r in range(rnd) for c in method.participants(r, k)}  # deterministic per method
             msgs = [Message(RecordDict({RECORD: ConfigRecord({
                 "config": text, "round": rnd, "cid": cid, "snr_db": float(snrs[cid]), "payload": payload,
-                "first": cid not in seen})}), dst_node_id=node_of[cid], message_type="train") for cid in cids]
-            out = []
+                "first": cid not in seen, "state_key": key or run_tag(cfg)})}), dst_node_id=node_of[cid], message_type="train") for cid in cids]
+            out, answered = [], set()
             for r in grid.send_and_receive(msgs, timeout=timeout_s):
-                if r.has_error():
-                    raise PsflError(f"round {rnd}: Flower node {r.metadata.src_node_id} failed: {r.error.reason}")
-                c = r.content[RECORD]
-                cid = next(k for k, v in node_of.items() if v == r.metadata.src_node_id)
-                out.append((cid, ClientResult(bytes(c["payload"]), json.loads(str(c["metrics"]))),
-                            float(c["seconds"])))
-            if len(out) != len(cids):
-                raise PsflError(f"round {rnd}: {len(out)} of {len(cids)} Flower clients answered")
+                cid = next((k for k, v in node_of.items() if v == r.metadata.src_node_id), None)
+                if cid is None or cid in answered:
+                    continue  # not a node of this run, or a duplicate reply
+                answered.add(cid)
+                if r.has_error():  # the ClientApp raised (or the node failed): the round goes on without it
+                    out.append((cid, ClientFailure(f"node {r.metadata.src_node_id} failed: {r.error.reason}"), 0.0))
+                    continue
+                try:
+                    c = r.content[RECORD]
+                    res = ClientResult(bytes(c["payload"]), json.loads(str(c["metrics"])))
+                    secs = float(c["seconds"])
+                except Exception as e:  # a malformed reply is a failed client, not a crashed server
+                    out.append((cid, ClientFailure(f"malformed reply: {type(e).__name__}: {e}"), 0.0))
+                    continue
+                out.append((cid, res, secs))
+            out += [(cid, ClientFailure(f"no reply within {timeout_s:g} s"), 0.0) for cid in cids if cid not in answered]
             return out
         return run
     return bind
 
 
-def make_server_app(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = False,
-                    command: list[str] | None = None, device: str = "cpu", result: dict | None = None):
-    """A ServerApp that runs ``cfg`` into ``run_dir`` (``result["records"]`` gets them)."""
-    ServerApp = _flwr()[6]
-    from psfl.runners.inprocess import run_federated
+@dataclass(frozen=True)
+class ServerRun:
+    """What one ServerApp run does: run ``cfg`` into ``run_dir`` (``resume``: continue
+    it), evaluating on ``device``; ``timeout_s`` bounds the wait for the nodes and for
+    each round's replies."""
+    cfg: RunConfig
+    run_dir: Path
+    resume: bool = False
+    device: str = "cpu"
+    timeout_s: float = 600.0
+    command: list[str] | None = None  # recorded in provenance.json (default: this process's argv)
 
+
+def make_server_app(setup: ServerRun | Callable[[Any], ServerRun], progress: bool = False,
+                    result: dict | None = None):
+    """A ServerApp that runs ``setup`` (``result["records"]`` gets the records). ``setup``
+    is fixed (``psfl run --engine flower``) or made from the Flower ``Context`` when the
+    run starts (``flwr run``: the run config, see :mod:`psfl.runners.flower_app`)."""
+    ServerApp = _flwr()[6]
     app = ServerApp()
 
     @app.main()
     def main(grid, context) -> None:
-        out = run_federated(cfg, run_dir, resume=resume, progress=progress, command=command, device=device,
-                            executor=flower_executor(grid, cfg))
+        from psfl.runners.inprocess import run_federated  # here: a node importing the app never needs it
+
+        run = setup if isinstance(setup, ServerRun) else setup(context)
+        out = run_federated(run.cfg, run.run_dir, resume=run.resume, progress=progress, command=run.command,
+                            device=run.device,
+                            executor=flower_executor(grid, run.cfg, run.timeout_s, state_key(run.cfg, run.run_dir)))
         if result is not None:
             result["records"] = out.records
 
@@ -272,7 +313,7 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
     from psfl.runners.inprocess import RunResult
 
     result: dict[str, Any] = {}
-    server = make_server_app(cfg, run_dir, resume, progress, command, device, result)
+    server = make_server_app(ServerRun(cfg, Path(run_dir), resume, device, command=command), progress, result)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ[STATE_DIR_ENV] = str(Path(run_dir).resolve() / "nodes")  # inherited by the simulated nodes
     flwr_run_simulation(server, make_client_app(), num_supernodes=cfg.data.num_clients,

@@ -28,8 +28,8 @@ from psfl.methods.base import ClientResult
 from psfl.methods.base import check_finite, check_state_finite, make_generator
 from psfl.methods.screen import screen_uploads
 from psfl.runners.lock import run_lock
+from psfl.runners.store import CHECKPOINT, has_checkpoint, load_checkpoint, read_records, save_checkpoint
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
 PROVENANCE = "provenance.json"
@@ -65,16 +65,23 @@ def new_run_dir(root: str | Path = "runs", method: str = "psfl") -> Path:
     return path
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+RUN_FILES = (METRICS, CONFIG, PROVENANCE, GLOBAL_MODEL, CHECKPOINT, CHECKPOINT + ".sha256", "checkpoint.prev.pt",
+             "checkpoint.prev.pt.sha256", "summary.txt", "accuracy.png", "loss.png", "psnr.png", "energy.png",
+             "mentor_student_loss.png", "mentor_student_accuracy.png")
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def holds_results(run_dir: Path) -> bool:
+    """A folder with finished rounds or a checkpoint (what --overwrite would destroy)."""
+    return bool(read_records(Path(run_dir) / METRICS, quiet=True)) or has_checkpoint(run_dir)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's own files (and Flower node states) from ``run_dir``, nothing else."""
+    import shutil
+
+    for name in RUN_FILES:
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / "nodes", ignore_errors=True)
 
 
 @torch.no_grad()
@@ -111,8 +118,13 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
                   on_round: Callable[[dict[str, Any]], None] | None = None,
                   stop_after: int | None = None, command: list[str] | None = None,
                   device: str | torch.device = "cpu", strict: bool = True,
-                  executor: Callable[[FederatedMethod], ClientExecutor] | None = None) -> RunResult:
+                  executor: Callable[[FederatedMethod], ClientExecutor] | None = None,
+                  overwrite: bool = False) -> RunResult:
     """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method`` into ``run_dir``.
+
+    A folder that already holds a run is refused unless ``resume`` (continue it) or
+    ``overwrite`` (remove its run files first); a start that fails before its first
+    round leaves no folder behind (if it created it).
 
     ``executor(method)`` gives the function that runs a round's clients (default: in
     this process, client states kept in the checkpoint); an external executor keeps
@@ -124,10 +136,28 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
     weight or global model raises :class:`psfl.errors.DivergenceError` after every
     completed round has been kept."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):  # one writer per folder: a second one raises RunLockedError
-        return _run_federated(cfg, run_dir, resume, progress, env, on_round, stop_after, command, device, strict,
-                              executor)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PsflError(f"cannot create the run folder {run_dir}: {e.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise PsflError(f"the run folder {run_dir} is not writable")
+    try:
+        with run_lock(run_dir):  # one writer per folder: a second one raises RunLockedError
+            if not resume and holds_results(run_dir):
+                if not overwrite:
+                    raise PsflError(f"{run_dir} already holds a run; resume it (psfl run --resume {run_dir}), "
+                                    "choose another --out, or pass --overwrite to replace it")
+                clear_run(run_dir)
+            return _run_federated(cfg, run_dir, resume, progress, env, on_round, stop_after, command, device,
+                                  strict, executor)
+    except BaseException:
+        if created and not read_records(run_dir / METRICS, quiet=True):  # a failed start leaves no folder
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, env: FederatedEnv | None,
@@ -140,11 +170,11 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
     env = env or build_env(cfg, progress=progress, device=device)
     method = METHODS.get(cfg.method)(env, options_for(cfg), cfg)
     K = cfg.data.num_clients
-    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
+    metrics_path = run_dir / METRICS
     prov = run_provenance(cfg, env, command)
-    if resume and ckpt_path.exists():
+    if resume and has_checkpoint(run_dir):
         check_same_data(run_dir, prov)
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=env.models.device)
+        ckpt = load_checkpoint(run_dir, env.models.device)  # the previous one if the latest is damaged
         method.load_server_state(ckpt["server"])
         client_states = ckpt["clients"]
         start = int(ckpt["round"])
@@ -224,7 +254,7 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
         records.append(record)
         with metrics_path.open("a") as f:
             f.write(_dumps(record) + "\n")
-        _atomic_save({"round": rnd + 1, "server": method.server_state(), "clients": client_states}, ckpt_path)
+        save_checkpoint({"round": rnd + 1, "server": method.server_state(), "clients": client_states}, run_dir)
         rounds.set_postfix(acc=f"{glob['accuracy']:.3f}", psfl=f"{record['mean_local_acc']:.3f}")
         if on_round:
             on_round(record)
