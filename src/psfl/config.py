@@ -22,6 +22,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# Physical range of every SNR setting (dB): wider than any link the paper considers
+# (0..25 dB), narrow enough that 10^(SNR/10) and the channel noise stay finite in float32.
+SNR_RANGE = (-50.0, 80.0)
+
+
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"
@@ -179,8 +184,12 @@ class RunConfig:
             (t.temperature > 0 and finite(t.temperature), "train.temperature", "must be > 0"),
             (t.eps > 0 and finite(t.eps), "train.eps", "must be > 0"),
             (t.mse_weight >= 0 and finite(t.mse_weight), "train.mse_weight", "must be finite and >= 0"),
-            (all(map(finite, (ch.snr_min_db, ch.snr_max_db, ch.eval_snr_db))), "channel.snr_min_db",
-             "SNRs must be finite"),
+            (all(SNR_RANGE[0] <= v <= SNR_RANGE[1] for v in (ch.snr_min_db, ch.snr_max_db)),
+             "channel.snr_min_db", f"the SNR range must lie within {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB"),
+            (SNR_RANGE[0] <= ch.eval_snr_db <= SNR_RANGE[1], "channel.eval_snr_db",
+             f"must lie within {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB"),
+            (all(SNR_RANGE[0] <= v <= SNR_RANGE[1] for v in (a.psi_min_db, a.psi_max_db)), "agp.psi_min_db",
+             f"psi_min_db and psi_max_db must lie within {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB"),
             (ch.snr_max_db >= ch.snr_min_db, "channel.snr_max_db", "must be >= channel.snr_min_db"),
             (ch.rician_k >= 0 and finite(ch.rician_k), "channel.rician_k", "must be >= 0"),
             (a.psi_max_db > a.psi_min_db, "agp.psi_max_db", "must be > agp.psi_min_db"),
@@ -193,8 +202,8 @@ class RunConfig:
             (t.distill_weight >= 0 and finite(t.distill_weight), "train.distill_weight", "must be finite and >= 0"),
             (t.semantic_weight >= 0 and finite(t.semantic_weight), "train.semantic_weight",
              "must be finite and >= 0"),
-            (self.energy.bandwidth_hz > 0 and finite(self.energy.bandwidth_hz), "energy.bandwidth_hz", "must be > 0"),
-            (self.energy.power_w > 0 and finite(self.energy.power_w), "energy.power_w", "must be > 0"),
+            (1e3 <= self.energy.bandwidth_hz <= 1e11, "energy.bandwidth_hz", "must be within 1e3..1e11 Hz"),
+            (1e-6 <= self.energy.power_w <= 1e3, "energy.power_w", "must be within 1e-6..1e3 W"),
             (self.server.max_norm_ratio == 0 or (self.server.max_norm_ratio > 1 and finite(self.server.max_norm_ratio)),
              "server.max_norm_ratio", "must be 0 (off) or a finite number > 1"),
             (1 <= self.server.min_clients <= d.num_clients, "server.min_clients",

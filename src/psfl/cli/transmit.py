@@ -30,7 +30,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from psfl.config import SNR_RANGE
+    from psfl.errors import PsflError
     from psfl.evaluate.transmit import transmit_checkpoint
+
+    if not SNR_RANGE[0] <= args.snr <= SNR_RANGE[1]:  # also false for nan
+        raise PsflError(f"--snr {args.snr}: must lie within {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB")
 
     r, path = transmit_checkpoint(
         args.checkpoint, args.snr, args.out, dataset=args.dataset, indices=args.index, split=args.split,
