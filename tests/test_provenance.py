@@ -82,6 +82,8 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         # the screen binds only on outliers: a tight bound rejects the largest honest upload
         "server.max_norm_ratio": "1.01",
         "server.min_clients": ("3", ["server.max_norm_ratio=1.01"]),  # then too few: the run stops (exit 3)
+        "privacy.clip": "0.5", "privacy.noise_multiplier": ("0.5", ["privacy.clip=0.5"]),
+        "privacy.delta": ("1e-3", ["privacy.clip=0.5", "privacy.noise_multiplier=0.5"]),
         "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "3", "evaluator.checkpoint": f'"{clf}"',
         "evaluator.score_arch": '"cnn"', "evaluator.score_epochs": "2", "evaluator.score_seed": "4",
         "evaluator.score_checkpoint": f'"{clf}"', "evaluator.cache_dir": f'"{tmp / "other-cache"}"',

@@ -117,6 +117,16 @@ class ServerConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Client-level differential privacy on the uploads (psfl.fl.privacy): each client
+    clips its update to L2 norm ``clip`` and adds N(0, (noise_multiplier * clip)^2) noise;
+    metrics.jsonl reports epsilon at ``delta`` after every round (Opacus' RDP accountant)."""
+    clip: float = 0.0  # 0 = off
+    noise_multiplier: float = 0.0  # sigma; > 0 needs clip > 0
+    delta: float = 1e-5
+
+
+@dataclass
 class EnergyConfig:
     bandwidth_hz: float = 1.0e6  # B_k,t per MU (OFDMA share); not given in the paper
     power_w: float = 0.1  # P_k,t (paper: P_max = 0.1 W)
@@ -155,6 +165,7 @@ class RunConfig:
     agp: AGPConfig = field(default_factory=AGPConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     method_options: dict[str, Any] = field(default_factory=dict)  # per-method hyper-parameters
 
@@ -208,6 +219,12 @@ class RunConfig:
              "server.max_norm_ratio", "must be 0 (off) or a finite number > 1"),
             (1 <= self.server.min_clients <= d.num_clients, "server.min_clients",
              "must be between 1 and data.num_clients"),
+            (self.privacy.clip >= 0 and finite(self.privacy.clip), "privacy.clip", "must be finite and >= 0 (0 = off)"),
+            (self.privacy.noise_multiplier >= 0 and finite(self.privacy.noise_multiplier),
+             "privacy.noise_multiplier", "must be finite and >= 0"),
+            (self.privacy.noise_multiplier == 0 or self.privacy.clip > 0, "privacy.noise_multiplier",
+             "needs privacy.clip > 0 (the noise is scaled to the clipping norm)"),
+            (0 < self.privacy.delta < 1, "privacy.delta", "must be in (0, 1)"),
             (ev.epochs >= 1, "evaluator.epochs", "must be >= 1"),
             (ev.score_epochs >= 1, "evaluator.score_epochs", "must be >= 1"),
             (t.mse_space in MSE_SPACES, "train.mse_space", f"must be one of {', '.join(MSE_SPACES)}"),
@@ -235,6 +252,7 @@ class RunConfig:
         inert = [
             ("train.local_steps", self.train.local_epochs > 0, "train.local_epochs > 0 sets the local budget"),
             ("data.alpha", self.data.scheme != "dirichlet", "only the dirichlet scheme draws with alpha"),
+            ("privacy.delta", self.privacy.noise_multiplier == 0, "without noise there is no (epsilon, delta)"),
             ("evaluator.arch", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
             ("evaluator.epochs", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
             ("evaluator.seed", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),

@@ -183,6 +183,20 @@ def check_finite(value: float, rnd: int, cid: int | None, quantity: str) -> floa
     return value
 
 
+def private_upload(cfg: RunConfig, local: dict[str, Tensor], start: dict[str, Tensor], model: nn.Module,
+                   rnd: int, cid: int, mask: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """``local`` as the client may upload it under ``cfg.privacy`` (unchanged when off):
+    clipped and noised update (:func:`psfl.fl.privacy.privatize`), noise drawn from its
+    own seeded generator (round, client)."""
+    p = cfg.privacy
+    if p.clip <= 0:
+        return local
+    from psfl.fl.privacy import privatize, running_var_keys
+
+    return privatize(local, start, p.clip, p.noise_multiplier, make_generator(cfg.seed, rnd, cid, 0xD9),
+                     mask, running_var_keys(model))
+
+
 def check_state_finite(state: dict[str, Tensor], rnd: int, cid: int | None, quantity: str) -> None:
     """Every floating tensor of ``state`` finite, else :class:`DivergenceError` naming the
     first bad tensor."""
@@ -228,6 +242,7 @@ class FederatedMethod(ABC):
     name: str = ""
     Options: type[MethodOptions] = MethodOptions
     uploads_updates: bool = False  # decode_upload gives a model update (else a model state)
+    supports_privacy: bool = False  # its client_update applies private_upload (config [privacy])
 
     @classmethod
     def unused_fields(cls, cfg: RunConfig) -> list[str]:

@@ -30,6 +30,7 @@ from torch import nn
 from psfl.fl.agp import apply_mask, prunable_keys, pruned_share, pruning_ratio, update_mask
 from psfl.fl.aggregate import fedavg
 from psfl.fl.local import HoldMask, LocalHook, Trained, local_train, recalibrate_bn
+from psfl.methods.base import private_upload
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
 from psfl.codecs import decode_qsgd_buckets, encode_qsgd_buckets
@@ -74,6 +75,8 @@ def load_mentor_init(path: str, preset: str, template: dict[str, torch.Tensor], 
 class PSFL(FederatedMethod):
     """PSFL (the paper): PLD between personal GSC mentors and a shared CSC student; FedAvg
     and SNR-adaptive global pruning (AGP) of the student on the server."""
+
+    supports_privacy = True
 
     name = "psfl"
     Options = PSFLOptions
@@ -258,8 +261,10 @@ class PSFL(FederatedMethod):
         state["mentor"] = clone_state(mentor.state_dict())
         state["bridge"] = clone_state(bridge.state_dict())
         state["opt"] = clone_state(opt_m.state_dict())
-        upload = self.send(state, rnd, {k: v.detach().cpu() for k, v in student.state_dict().items()},
-                           {k: v.detach().cpu() for k, v in down.items()}, mask, generator)
+        sent = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+        received = {k: v.detach().cpu() for k, v in down.items()}
+        sent = private_upload(cfg, sent, received, student, rnd, cid, mask)
+        upload = self.send(state, rnd, sent, received, mask, generator)
         metrics["mentor_acc"] = env.local_accuracy(mentor, cid, rnd, snr_db)
         metrics["student_acc"] = env.local_accuracy(student, cid, rnd, snr_db)
         metrics["local_acc"] = metrics["mentor_acc"]  # the model the MU uses for SC services

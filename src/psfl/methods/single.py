@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from psfl.errors import PsflError
 from psfl.fl.aggregate import fedavg
 from psfl.fl.local import LocalHook, Trained, local_train
+from psfl.methods.base import private_upload
 from psfl.methods.base import (
     METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_state_finite, clone_state,
     local_batches, make_optimizer,
@@ -56,6 +57,7 @@ PSFL_ONLY = ("agp.enabled", "agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", 
 
 class SingleModelMethod(FederatedMethod):
     Options = SingleModelOptions
+    supports_privacy = True
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
@@ -152,6 +154,7 @@ class SingleModelMethod(FederatedMethod):
                               self.local_hooks(cid, state, rnd), t.grad_clip, rnd, cid)
         local = self.local_state(model)
         check_state_finite(local, rnd, cid, "local weight")
+        local = private_upload(self.cfg, local, start, self.net, rnd, cid)
         upload = self.encode_up(cid, state, local, start, generator)
         metrics["local_acc"] = env.local_accuracy(model, cid, rnd, snr_db)
         return ClientResult(upload, metrics)

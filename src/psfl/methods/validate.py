@@ -39,6 +39,11 @@ def check_run_config(cfg: RunConfig, unused: bool = True) -> RunConfig:
         raise PsflError(f"config field method: unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
     for name, table in cfg.method_options.items():
         method_options(name, table)
+    from psfl.config import PrivacyConfig
+
+    if cfg.privacy != PrivacyConfig() and not METHODS.get(cfg.method).supports_privacy:
+        raise PsflError(f"config field privacy.clip: method {cfg.method!r} does not implement client-level "
+                        "differential privacy; remove the [privacy] settings")
     if unused:
         cfg._check_unused(tuple(METHODS.get(cfg.method).unused_fields(cfg)))
     return cfg

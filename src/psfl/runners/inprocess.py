@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from psfl.config import RunConfig, diff_configs, dump_config, load_config
 from psfl.errors import PsflError, RoundFailedError
 from psfl.fl.energy import link_cost, round_snrs
+from psfl.fl.privacy import dp_epsilon
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
 from psfl.methods.base import ClientResult
 from psfl.methods.base import check_finite, check_state_finite, make_generator
@@ -246,6 +247,9 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
             "delay_s": float(max(c["delay_s"] for c in clients)),
             "mean_local_acc": float(sum(c["local_acc"] for c in clients) / len(clients)),
             **({"failed": failed} if failed else {}),
+            **({"dp_epsilon": dp_epsilon(rnd + 1, cfg.privacy.noise_multiplier, cfg.privacy.delta,
+                                         len(method.participants(rnd, K)) / K)}
+               if cfg.privacy.noise_multiplier > 0 else {}),
             **method.round_metrics(clients),  # per-method summaries, named by the method
             "global": glob, "clients": clients,
             "time_s": time.perf_counter() - t0, "compute_s": compute_s,  # time_s - compute_s: runner overhead
