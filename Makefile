@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements-machine.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-machine.txt
-	$(BIN)/pip install -q -e '.[test,flower]'
+	$(BIN)/pip install -q -e '.[test,flower,privacy]'
 	touch $(STAMP)
 
 install: $(STAMP)

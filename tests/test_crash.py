@@ -13,8 +13,8 @@ from psfl.runners.store import read_records
 from test_runner import strip_timing, tiny_overrides
 
 # Runs `psfl run` after arranging for the process to SIGKILL itself at one point (the
-# n-th call there): inside the local-training loop (after one batch), inside FedAvg's
-# weighted mean (Eq. 10) on the server, or halfway through writing a checkpoint.
+# n-th call there): inside the local-training loop (after one batch), inside the server's
+# aggregation (Eq. 10), or halfway through writing a checkpoint.
 KILLER = r'''
 import io, os, signal, sys
 import torch
@@ -35,13 +35,13 @@ if point == "train":
         return orig_train(trained, gen(), *a, **k)
     P.local_train = local_train
 elif point == "aggregate":
-    orig_avg = P.fedavg
-    def fedavg(states, weights):
+    orig_avg = P.aggregate_states
+    def aggregate_states(*a, **k):
         calls[0] += 1
         if calls[0] == n:
             die()
-        return orig_avg(states, weights)
-    P.fedavg = fedavg
+        return orig_avg(*a, **k)
+    P.aggregate_states = aggregate_states
 elif point == "checkpoint":
     orig_save = torch.save
     def save(obj, f, *a, **k):

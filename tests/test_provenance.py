@@ -82,6 +82,7 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         # the screen binds only on outliers: a tight bound rejects the largest honest upload
         "server.max_norm_ratio": "1.01",
         "server.min_clients": ("3", ["server.max_norm_ratio=1.01"]),  # then too few: the run stops (exit 3)
+        "server.aggregation": '"median"', "server.trim": ("0.4", ['server.aggregation="trimmed_mean"']),
         "privacy.clip": "0.5", "privacy.noise_multiplier": ("0.5", ["privacy.clip=0.5"]),
         "privacy.delta": ("1e-3", ["privacy.clip=0.5", "privacy.noise_multiplier=0.5"]),
         "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "3", "evaluator.checkpoint": f'"{clf}"',

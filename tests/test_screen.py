@@ -134,3 +134,39 @@ def test_norm_bound_is_configurable_and_validated(cache):
         load_config(None, tiny_overrides(cache) + ["server.max_norm_ratio=0.5"])
     with pytest.raises(PsflError, match="server.min_clients"):
         load_config(None, tiny_overrides(cache) + ["server.min_clients=4"])
+
+
+def test_robust_rules_equal_hand_computations():
+    import numpy as np
+
+    from psfl.fl.aggregate import coordinate_median, trimmed_mean
+
+    g = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(3, 4, generator=g), "n": torch.tensor(i)} for i in range(7)]
+    w = np.stack([s["w"].numpy() for s in states])
+    assert np.allclose(coordinate_median(states)["w"].numpy(), np.median(w, axis=0), atol=1e-6)
+    srt = np.sort(w, axis=0)
+    assert np.allclose(trimmed_mean(states, trim=0.2)["w"].numpy(), srt[1:6].mean(0), atol=1e-6)  # 1 off each end
+    assert int(coordinate_median(states)["n"]) == 3
+
+
+def shifted(method, payload: bytes) -> bytes:
+    """A well-formed state 3.0 away from the truth in every coordinate (a poisoning client
+    that stays under any norm bound the others set)."""
+    return encode_model({k: v + 3.0 for k, v in decode_model(payload, method.template).items()})
+
+
+def test_median_resists_a_poisoning_client_that_the_mean_follows(tmp_path, cache):
+    CORRUPT["shifted"] = shifted
+    base = tiny_overrides(cache, rounds=2, method="fedavg") + ["data.num_clients=5", "server.max_norm_ratio=0"]
+    plan = {0: "shifted", 1: "shifted"}
+
+    def loss(extra, name, bad=True):
+        ex = hostile_executor(1, plan) if bad else hostile_executor(-1)
+        recs = run_federated(load_config(None, base + extra), tmp_path / name, progress=False, executor=ex).records
+        return recs[-1]["global"]["loss"]
+
+    honest = loss(['server.aggregation="median"'], "honest", bad=False)
+    median = loss(['server.aggregation="median"'], "median")
+    mean = loss([], "mean")
+    assert abs(median - honest) < 0.25 * abs(mean - honest), (honest, median, mean)

@@ -114,6 +114,10 @@ class ServerConfig:
     # round's uploads (0 = no norm bound; needs >= 3 uploads).
     max_norm_ratio: float = 10.0
     min_clients: int = 1  # fewer accepted uploads: the run stops after the last full round (resumable)
+    # how accepted model states are combined: mean (Eq. 10, weighted by data volume), or
+    # the robust coordinate-wise median / trimmed_mean (drops the trim share at each end)
+    aggregation: str = "mean"
+    trim: float = 0.1
 
 
 @dataclass
@@ -225,6 +229,9 @@ class RunConfig:
             (self.privacy.noise_multiplier == 0 or self.privacy.clip > 0, "privacy.noise_multiplier",
              "needs privacy.clip > 0 (the noise is scaled to the clipping norm)"),
             (0 < self.privacy.delta < 1, "privacy.delta", "must be in (0, 1)"),
+            (self.server.aggregation in ("mean", "median", "trimmed_mean"), "server.aggregation",
+             "must be one of mean, median, trimmed_mean"),
+            (0 < self.server.trim < 0.5, "server.trim", "must be in (0, 0.5)"),
             (ev.epochs >= 1, "evaluator.epochs", "must be >= 1"),
             (ev.score_epochs >= 1, "evaluator.score_epochs", "must be >= 1"),
             (t.mse_space in MSE_SPACES, "train.mse_space", f"must be one of {', '.join(MSE_SPACES)}"),
@@ -253,6 +260,7 @@ class RunConfig:
             ("train.local_steps", self.train.local_epochs > 0, "train.local_epochs > 0 sets the local budget"),
             ("data.alpha", self.data.scheme != "dirichlet", "only the dirichlet scheme draws with alpha"),
             ("privacy.delta", self.privacy.noise_multiplier == 0, "without noise there is no (epsilon, delta)"),
+            ("server.trim", self.server.aggregation != "trimmed_mean", "only server.aggregation = trimmed_mean trims"),
             ("evaluator.arch", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
             ("evaluator.epochs", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
             ("evaluator.seed", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),

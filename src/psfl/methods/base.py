@@ -243,6 +243,7 @@ class FederatedMethod(ABC):
     Options: type[MethodOptions] = MethodOptions
     uploads_updates: bool = False  # decode_upload gives a model update (else a model state)
     supports_privacy: bool = False  # its client_update applies private_upload (config [privacy])
+    robust_aggregation: bool = False  # its server combines states with server.aggregation
 
     @classmethod
     def unused_fields(cls, cfg: RunConfig) -> list[str]:

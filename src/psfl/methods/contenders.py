@@ -103,6 +103,7 @@ class STC(SingleModelMethod):
     """STC (Sattler et al. 2019): sparse ternary updates both ways with error accumulation."""
     name = "stc"
     uploads_updates = True
+    robust_aggregation = False  # the mean update is sparsified again for the downlink
     Options = STCOptions
 
     def __init__(self, env: FederatedEnv, options: STCOptions | None = None, cfg=None) -> None:
@@ -231,6 +232,7 @@ class FedPAQ(SingleModelMethod):
     """FedPAQ (Reisizadeh et al. 2020): partial participation and QSGD-quantised updates."""
     name = "fedpaq"
     uploads_updates = True
+    robust_aggregation = False  # the mean of the quantised updates (unbiased)
     Options = FedPAQOptions
 
     def __init__(self, env: FederatedEnv, options: FedPAQOptions | None = None, cfg=None) -> None:

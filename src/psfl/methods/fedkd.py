@@ -52,6 +52,7 @@ class FedKD(PSFL):
     Options = FedKDOptions
     use_agp = False
     uploads_updates = True
+    robust_aggregation = False
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:

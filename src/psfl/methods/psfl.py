@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from psfl.fl.agp import apply_mask, prunable_keys, pruned_share, pruning_ratio, update_mask
-from psfl.fl.aggregate import fedavg
+from psfl.fl.aggregate import aggregate_states
 from psfl.fl.local import HoldMask, LocalHook, Trained, local_train, recalibrate_bn
 from psfl.methods.base import private_upload
 from psfl.fl.mentors import assign_mentors
@@ -77,6 +77,7 @@ class PSFL(FederatedMethod):
     and SNR-adaptive global pruning (AGP) of the student on the server."""
 
     supports_privacy = True
+    robust_aggregation = True
 
     name = "psfl"
     Options = PSFLOptions
@@ -158,7 +159,8 @@ class PSFL(FederatedMethod):
 
     def aggregate(self, rnd: int, uploads: list[Upload]) -> dict[str, float]:
         states = [self.decode_upload(u.payload) for u in uploads]
-        avg = fedavg(states, [u.num_samples for u in uploads])  # Eq. 10
+        sv = self.cfg.server  # Eq. 10 (mean) or a robust rule
+        avg = aggregate_states(sv.aggregation, states, [u.num_samples for u in uploads], sv.trim)
         self.global_state.update(avg)
         return {}
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from psfl.errors import PsflError
-from psfl.fl.aggregate import fedavg
+from psfl.fl.aggregate import aggregate_states
 from psfl.fl.local import LocalHook, Trained, local_train
 from psfl.methods.base import private_upload
 from psfl.methods.base import (
@@ -58,6 +58,7 @@ PSFL_ONLY = ("agp.enabled", "agp.psi_min_db", "agp.psi_max_db", "agp.zeta_min", 
 class SingleModelMethod(FederatedMethod):
     Options = SingleModelOptions
     supports_privacy = True
+    robust_aggregation = True
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
@@ -97,7 +98,8 @@ class SingleModelMethod(FederatedMethod):
         return self.decode_up(payload)
 
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
-        self.global_state.update(fedavg(decoded, [u.num_samples for u in uploads]))  # Eq. 10
+        s = self.cfg.server  # Eq. 10 (mean) or a robust rule
+        self.global_state.update(aggregate_states(s.aggregation, decoded, [u.num_samples for u in uploads], s.trim))
 
     def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
         """Hooks of the local-training loop (:mod:`psfl.fl.local`): the extension point

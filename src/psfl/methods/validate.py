@@ -44,6 +44,9 @@ def check_run_config(cfg: RunConfig, unused: bool = True) -> RunConfig:
     if cfg.privacy != PrivacyConfig() and not METHODS.get(cfg.method).supports_privacy:
         raise PsflError(f"config field privacy.clip: method {cfg.method!r} does not implement client-level "
                         "differential privacy; remove the [privacy] settings")
+    if cfg.server.aggregation != "mean" and not METHODS.get(cfg.method).robust_aggregation:
+        raise PsflError(f"config field server.aggregation: method {cfg.method!r} has its own server rule; "
+                        "only mean applies")
     if unused:
         cfg._check_unused(tuple(METHODS.get(cfg.method).unused_fields(cfg)))
     return cfg

@@ -87,6 +87,7 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
 
 
 def _flag(run_config: Mapping[str, Any], key: str) -> bool:
+    """A true/false run-config key (``--run-config`` may also give it as a string)."""
     value = run_config.get(key, False)
     if isinstance(value, bool):
         return value
@@ -100,15 +101,20 @@ def server_run(run_config: Mapping[str, Any], run_id: int) -> ServerRun:
     config = str(run_config.get("config", UNSET))
     cfg = load_config(config or None, overrides_from_run_config(run_config))
     out = str(run_config.get("out", UNSET)) or f"runs/flower-{run_id}"
-    timeout_s = float(run_config.get("timeout-s", 600.0))
+    try:
+        timeout_s = float(run_config.get("timeout-s", 600.0))
+    except (TypeError, ValueError):
+        timeout_s = math.nan
     if not timeout_s > 0:
-        raise PsflError(f"run config key 'timeout-s': must be > 0, got {timeout_s}")
+        raise PsflError(f"run config key 'timeout-s': must be a number of seconds > 0, "
+                        f"got {run_config.get('timeout-s')!r}")
     command = ["flwr run", f"run-id={run_id}", *(f"{k}={run_config[k]!r}" for k in sorted(run_config))]
     return ServerRun(cfg, Path(out).expanduser().resolve(), resume=_flag(run_config, "resume"),
                      device=str(run_config.get("device", "cpu")), timeout_s=timeout_s, command=command)
 
 
 def _server_run_from_context(context: Any) -> ServerRun:
+    """Called by the ServerApp when the run starts: Flower's ``Context`` has the fused run config."""
     return server_run(context.run_config, int(context.run_id))
 
 
