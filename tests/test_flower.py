@@ -18,15 +18,21 @@ def _strip(records):
     return json.loads(json.dumps(strip_timing(records)))
 
 
-@pytest.mark.parametrize("method", ["psfl", pytest.param("stc", marks=pytest.mark.slow),
-                                    pytest.param("fedpaq", marks=pytest.mark.slow)])
-def test_flower_simulation_equals_in_process(tmp_path, cache, method):  # noqa: F811
+DP = ["privacy.clip=1.0", "privacy.noise_multiplier=0.5"]  # client-level DP: the noise is drawn on the client
+
+
+@pytest.mark.parametrize("method,extra", [("psfl", []), ("psfl", DP), pytest.param("stc", [], marks=pytest.mark.slow),
+                                          pytest.param("fedpaq", [], marks=pytest.mark.slow)])
+def test_flower_simulation_equals_in_process(tmp_path, cache, method, extra):  # noqa: F811
     """The order of operations is the same (clients sorted by id before the energy and
-    aggregation sums), so the per-round metrics are equal exactly, not within a tolerance."""
-    cfg = load_config(None, tiny_overrides(cache, rounds=2, method=method))
+    aggregation sums), so the per-round metrics are equal exactly, not within a tolerance;
+    with differential privacy too (each client's noise comes from its seeded generator),
+    epsilon included."""
+    cfg = load_config(None, tiny_overrides(cache, rounds=2, method=method) + extra)
     ref = run_federated(cfg, tmp_path / "inprocess", progress=False).records
     got = run_simulation(cfg, tmp_path / "flower").records
     assert _strip(got) == _strip(ref)
+    assert all(("dp_epsilon" in r) == bool(extra) for r in got)
     assert (tmp_path / "flower" / "metrics.jsonl").is_file() and (tmp_path / "flower" / "provenance.json").is_file()
 
 

@@ -118,6 +118,16 @@ class ServerConfig:
     # the robust coordinate-wise median / trimmed_mean (drops the trim share at each end)
     aggregation: str = "mean"
     trim: float = 0.1
+    # Secure aggregation (Flower engine only: Flower's SecAgg+ workflow, Bell et al. 2020).
+    # The server learns only the weighted sum of the clients' updates, never one upload, so
+    # it cannot screen uploads one by one (max_norm_ratio, aggregation must stay default).
+    # Each float entry of an update must lie within +-secagg_clip (SecAgg+ quantises that
+    # range to 2^22 levels): a client whose update exceeds it fails the round, it is never
+    # clipped silently. Integer buffers (BatchNorm's num_batches_tracked) travel in the clear.
+    secure_aggregation: bool = False
+    secagg_clip: float = 8.0
+    secagg_shares: float = 1.0  # each client's secrets are shared with this share of the round's clients
+    secagg_threshold: float = 0.5  # this share of those shares rebuilds a secret (dropout tolerance)
 
 
 @dataclass
@@ -232,6 +242,14 @@ class RunConfig:
             (self.server.aggregation in ("mean", "median", "trimmed_mean"), "server.aggregation",
              "must be one of mean, median, trimmed_mean"),
             (0 < self.server.trim < 0.5, "server.trim", "must be in (0, 0.5)"),
+            (0 < self.server.secagg_clip <= 1e4 and finite(self.server.secagg_clip), "server.secagg_clip",
+             "must be in (0, 1e4]"),
+            (0 < self.server.secagg_shares <= 1, "server.secagg_shares", "must be in (0, 1]"),
+            (0 < self.server.secagg_threshold <= 1, "server.secagg_threshold", "must be in (0, 1]"),
+            (not self.server.secure_aggregation or (self.server.aggregation == "mean"
+                                                    and self.server.max_norm_ratio == ServerConfig().max_norm_ratio),
+             "server.secure_aggregation", "the server sees only the sum of the uploads: server.aggregation must "
+             "be mean and server.max_norm_ratio its default (no per-upload screening)"),
             (ev.epochs >= 1, "evaluator.epochs", "must be >= 1"),
             (ev.score_epochs >= 1, "evaluator.score_epochs", "must be >= 1"),
             (t.mse_space in MSE_SPACES, "train.mse_space", f"must be one of {', '.join(MSE_SPACES)}"),
@@ -261,6 +279,9 @@ class RunConfig:
             ("data.alpha", self.data.scheme != "dirichlet", "only the dirichlet scheme draws with alpha"),
             ("privacy.delta", self.privacy.noise_multiplier == 0, "without noise there is no (epsilon, delta)"),
             ("server.trim", self.server.aggregation != "trimmed_mean", "only server.aggregation = trimmed_mean trims"),
+            ("server.secagg_clip", not self.server.secure_aggregation, "only server.secure_aggregation uses it"),
+            ("server.secagg_shares", not self.server.secure_aggregation, "only server.secure_aggregation uses it"),
+            ("server.secagg_threshold", not self.server.secure_aggregation, "only server.secure_aggregation uses it"),
             ("evaluator.arch", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
             ("evaluator.epochs", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),
             ("evaluator.seed", bool(ev.checkpoint), "evaluator.checkpoint gives the loss classifier"),

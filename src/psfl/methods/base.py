@@ -244,6 +244,10 @@ class FederatedMethod(ABC):
     uploads_updates: bool = False  # decode_upload gives a model update (else a model state)
     supports_privacy: bool = False  # its client_update applies private_upload (config [privacy])
     robust_aggregation: bool = False  # its server combines states with server.aggregation
+    # its aggregate() is Eq. 10's weighted mean of decode_upload states, so it can run under
+    # secure aggregation (server.secure_aggregation): decode_broadcast / decode_own_upload
+    # give the clients' updates, apply_mean takes the mean that is all the server learns
+    secure_aggregation: bool = False
 
     @classmethod
     def unused_fields(cls, cfg: RunConfig) -> list[str]:
@@ -280,6 +284,21 @@ class FederatedMethod(ABC):
         (decodable, right shapes, finite, plausible norm); raises on a malformed payload.
         None: this method does not expose its decoding (its uploads are not screened)."""
         return None
+
+    def decode_broadcast(self, payload: bytes) -> dict[str, Tensor]:
+        """Secure aggregation, either side: the state every client starts this round from,
+        in :meth:`decode_upload`'s entries, from the broadcast bytes alone."""
+        raise NotImplementedError(f"{self.name} does not support secure aggregation")
+
+    def decode_own_upload(self, broadcast: bytes, upload: bytes) -> dict[str, Tensor]:
+        """Secure aggregation, client side: what the server would decode from this
+        client's ``upload`` (:meth:`decode_upload`), from the bytes alone."""
+        raise NotImplementedError(f"{self.name} does not support secure aggregation")
+
+    def apply_mean(self, rnd: int, mean: dict[str, Tensor]) -> dict[str, float]:
+        """Secure aggregation, server side: the global update from the weighted mean
+        (Eq. 10) of the clients' decoded uploads, the only thing the server learns."""
+        raise NotImplementedError(f"{self.name} does not support secure aggregation")
 
     @abstractmethod
     def server_state(self) -> dict[str, Any]: ...

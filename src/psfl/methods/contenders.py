@@ -104,6 +104,7 @@ class STC(SingleModelMethod):
     name = "stc"
     uploads_updates = True
     robust_aggregation = False  # the mean update is sparsified again for the downlink
+    secure_aggregation = False
     Options = STCOptions
 
     def __init__(self, env: FederatedEnv, options: STCOptions | None = None, cfg=None) -> None:
@@ -233,6 +234,7 @@ class FedPAQ(SingleModelMethod):
     name = "fedpaq"
     uploads_updates = True
     robust_aggregation = False  # the mean of the quantised updates (unbiased)
+    secure_aggregation = False  # partial participation and update uploads: not wired for SecAgg+
     Options = FedPAQOptions
 
     def __init__(self, env: FederatedEnv, options: FedPAQOptions | None = None, cfg=None) -> None:

@@ -53,6 +53,7 @@ class FedKD(PSFL):
     use_agp = False
     uploads_updates = True
     robust_aggregation = False
+    secure_aggregation = False
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:

@@ -78,6 +78,7 @@ class PSFL(FederatedMethod):
 
     supports_privacy = True
     robust_aggregation = True
+    secure_aggregation = True
 
     name = "psfl"
     Options = PSFLOptions
@@ -160,9 +161,18 @@ class PSFL(FederatedMethod):
     def aggregate(self, rnd: int, uploads: list[Upload]) -> dict[str, float]:
         states = [self.decode_upload(u.payload) for u in uploads]
         sv = self.cfg.server  # Eq. 10 (mean) or a robust rule
-        avg = aggregate_states(sv.aggregation, states, [u.num_samples for u in uploads], sv.trim)
-        self.global_state.update(avg)
+        return self.apply_mean(rnd, aggregate_states(sv.aggregation, states, [u.num_samples for u in uploads], sv.trim))
+
+    def apply_mean(self, rnd: int, mean: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.global_state.update(mean)
         return {}
+
+    def decode_broadcast(self, payload: bytes) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in self.receive({}, payload)[0].items()}
+
+    def decode_own_upload(self, broadcast: bytes, upload: bytes) -> dict[str, torch.Tensor]:
+        start, mask = self.receive({}, broadcast)
+        return decode_kept(upload, {k: v.cpu() for k, v in start.items()}, mask)
 
     def global_model(self) -> nn.Module:
         self.student.load_state_dict(self.global_state)
@@ -314,6 +324,7 @@ class PSFLPlus(PSFL):
 
     name = "psfl-plus"
     Options = PSFLPlusOptions
+    secure_aggregation = False  # its upload is a quantised update (decode_upload needs the server's state)
 
     def _parts(self, state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -59,6 +59,7 @@ class SingleModelMethod(FederatedMethod):
     Options = SingleModelOptions
     supports_privacy = True
     robust_aggregation = True
+    secure_aggregation = True  # FedAvg, FedAvg-CSC, FedProx, FTTQ: the mean of decoded states
 
     @classmethod
     def unused_fields(cls, cfg) -> list[str]:
@@ -99,7 +100,17 @@ class SingleModelMethod(FederatedMethod):
 
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
         s = self.cfg.server  # Eq. 10 (mean) or a robust rule
-        self.global_state.update(aggregate_states(s.aggregation, decoded, [u.num_samples for u in uploads], s.trim))
+        self.apply_mean(-1, aggregate_states(s.aggregation, decoded, [u.num_samples for u in uploads], s.trim))
+
+    def apply_mean(self, rnd: int, mean: dict[str, Tensor]) -> dict[str, float]:
+        self.global_state.update(mean)
+        return {}
+
+    def decode_broadcast(self, payload: bytes) -> dict[str, Tensor]:
+        return self.decode_down({}, payload)
+
+    def decode_own_upload(self, broadcast: bytes, upload: bytes) -> dict[str, Tensor]:
+        return self.decode_up(upload)
 
     def local_hooks(self, cid: int, state: dict[str, Any], rnd: int) -> list[LocalHook]:
         """Hooks of the local-training loop (:mod:`psfl.fl.local`): the extension point

@@ -47,6 +47,9 @@ def check_run_config(cfg: RunConfig, unused: bool = True) -> RunConfig:
     if cfg.server.aggregation != "mean" and not METHODS.get(cfg.method).robust_aggregation:
         raise PsflError(f"config field server.aggregation: method {cfg.method!r} has its own server rule; "
                         "only mean applies")
+    if cfg.server.secure_aggregation and not METHODS.get(cfg.method).secure_aggregation:
+        raise PsflError(f"config field server.secure_aggregation: method {cfg.method!r} does not aggregate "
+                        "by the mean of decoded states, which is all secure aggregation reveals")
     if unused:
         cfg._check_unused(tuple(METHODS.get(cfg.method).unused_fields(cfg)))
     return cfg

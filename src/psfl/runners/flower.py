@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -177,6 +178,8 @@ def _handle_train(msg, context):
     from psfl.methods.base import make_generator
 
     ConfigRecord, _, Message, RecordDict = _flwr()[:4]
+    if SECAGG_FITINS in msg.content.config_records:  # SecAgg+'s collect stage (secaggplus_mod called us)
+        return _handle_secure_train(msg, context)
     c = msg.content[RECORD]
     text, rnd, cid, snr = str(c["config"]), int(c["round"]), int(c["cid"]), float(c["snr_db"])
     if cid != _partition_id(context):
@@ -195,12 +198,83 @@ def _handle_train(msg, context):
     return Message(RecordDict({RECORD: reply}), reply_to=msg)
 
 
+# --------------------------------------------------------------------------- secure aggregation
+# server.secure_aggregation: each round runs Flower's SecAgg+ workflow (flwr.server.workflow.
+# SecAggPlusWorkflow, four message stages: setup, share keys, collect masked vectors, unmask)
+# and the nodes answer through Flower's secaggplus_mod. In the collect stage the ClientApp
+# trains as usual, then hands SecAgg+ the client's update: the float entries of what the
+# server would decode from its upload minus what it received (method.decode_own_upload /
+# decode_broadcast), weighted by its data volume N_k. The server learns only the weighted
+# mean of the updates (Eq. 10) and adds it to the broadcast state (method.apply_mean).
+SECAGG_FITINS = "fitins.config"  # where flwr's compat layer puts FitIns.config in a message
+
+
+def _float_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def _secagg_mod(msg, context, call_next):
+    """Flower's ``secaggplus_mod`` for SecAgg+ messages, other messages pass. SecAgg+
+    rounds stochastically with numpy's global generator: it is seeded per (seed, round,
+    client) here first, so a run is reproducible."""
+    import numpy as np
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    if SECAGG_FITINS in msg.content.config_records:
+        from psfl.methods.base import derive_seed
+
+        c = msg.content.config_records[SECAGG_FITINS]
+        np.random.seed(derive_seed(int(c["seed"]), int(c["round"]), int(c["cid"]), 0x5EC) % 2**32)
+    return secaggplus_mod(msg, context, call_next)
+
+
+def _handle_secure_train(msg, context):
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+    from psfl.methods.base import make_generator
+
+    Message = _flwr()[2]
+    c = msg.content.config_records[SECAGG_FITINS]
+    text, rnd, cid, snr = str(c["config"]), int(c["round"]), int(c["cid"]), float(c["snr_db"])
+    if cid != _partition_id(context):
+        raise PsflError(f"message for client {cid} reached the node of client {_partition_id(context)}")
+    data_dir = context.node_config.get("data-dir")
+    cfg, env, method = _client_side(text, str(data_dir) if data_dir else None,
+                                    str(context.node_config.get("device", "cpu")))
+    path = _state_path(context.node_config, str(c["state_key"]), cid)
+    state = _load_client_state(context, method, cid, rnd, path, bool(c["first"]))
+    before = _from_bytes(_to_bytes(state))
+    t0 = time.perf_counter()
+    down = bytes(c["payload"])
+    res = method.client_update(cid, state, rnd, down, snr, make_generator(cfg.seed, rnd, cid, 0xC11))
+    start, up = method.decode_broadcast(down), method.decode_own_upload(down, res.payload)
+    keys = _float_keys(start)
+    if sorted(keys) != sorted(_float_keys(up)):
+        raise PsflError(f"client {cid}: its upload's entries differ from the broadcast's")
+    update = [(up[k].double() - start[k].double()).cpu().numpy() for k in keys]
+    worst = max((float(np.abs(u).max()) for u in update if u.size), default=0.0)
+    if not math.isfinite(worst) or worst > cfg.server.secagg_clip:
+        raise PsflError(f"client {cid}: an update entry of {worst:.4g} exceeds server.secagg_clip = "
+                        f"{cfg.server.secagg_clip:g} (SecAgg+ would clip it)")
+    secs = time.perf_counter() - t0
+    _save_client_state(context, before, state, cid, rnd, path)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), int(env.data.volumes[cid]),
+                    {"metrics": json.dumps(res.metrics), "seconds": secs, "cid": cid})
+    return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
 def make_client_app():
-    """The psfl ClientApp: ``query`` (which client am I) and ``train`` (one round)."""
+    """The psfl ClientApp: ``query`` (which client am I) and ``train`` (one round; SecAgg+
+    messages go through Flower's ``secaggplus_mod``)."""
     ClientApp = _flwr()[4]
     app = ClientApp()
     app.query()(_handle_query)
-    app.train()(_handle_train)
+    app.train(mods=[_secagg_mod])(_handle_train)
     return app
 
 
@@ -235,6 +309,9 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
     if missing:
         raise PsflError(f"no Flower node holds client(s) {missing} (partition-id of the node configs)")
 
+    if cfg.server.secure_aggregation:
+        return lambda method: _secure_round(grid, cfg, method, node_of, text, key or run_tag(cfg), timeout_s)
+
     def bind(method):
         def run(rnd: int, payload: bytes, cids: list[int], snrs):
             k = cfg.data.num_clients
@@ -263,6 +340,109 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
             return out
         return run
     return bind
+
+
+class _SecAggGrid:
+    """The grid as SecAgg+ uses it, keeping per node the bytes that node sent in the
+    protocol's records (public keys, encrypted shares, masked vector, key shares)."""
+
+    def __init__(self, grid, sent: dict[int, list[bytes]]):
+        self._grid, self.sent, self.errors = grid, sent, {}
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *a, **kw):
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+        replies = list(self._grid.send_and_receive(messages, *a, **kw))
+        for r in replies:
+            if r.has_error():
+                self.errors.setdefault(r.metadata.src_node_id, r.error.reason)
+                continue
+            if RECORD_KEY_CONFIGS not in r.content.config_records:
+                continue
+            for v in r.content.config_records[RECORD_KEY_CONFIGS].values():
+                self.sent.setdefault(r.metadata.src_node_id, []).extend(
+                    b for b in (v if isinstance(v, list) else [v]) if isinstance(b, bytes))
+        return replies
+
+
+def _secure_round(grid, cfg: RunConfig, method, node_of: dict[int, int], text: str, key: str, timeout_s: float):
+    """One round under Flower's SecAgg+ workflow: yields each answering client's
+    ClientResult (payload: the bytes it sent in the protocol; metrics: its own) and one
+    :class:`psfl.runners.inprocess.SecureAggregate` with the weighted mean of the
+    decoded uploads, which the server only learns as a sum."""
+    import numpy as np
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+    from flwr.common import FitIns, Parameters, parameters_to_ndarrays
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.strategy import Strategy
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    from psfl.methods.base import ClientResult
+    from psfl.runners.inprocess import ClientFailure, SecureAggregate
+
+    sv, cid_of = cfg.server, {v: k for k, v in node_of.items()}
+
+    class RoundStrategy(Strategy):  # what SecAgg+ asks of a strategy: the FitIns, then the result
+        def __init__(self, ins: dict[int, FitIns]):
+            self.ins, self.out = ins, None
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            return [(GridClientProxy(node_of[c], grid, 0), fi) for c, fi in self.ins.items()]
+
+        def aggregate_fit(self, server_round, results, failures):
+            self.out = results
+            return None, {}
+
+        def initialize_parameters(self, client_manager):
+            return None
+
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            return []
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            return None, {}
+
+        def evaluate(self, server_round, parameters):
+            return None
+
+    def run(rnd: int, payload: bytes, cids: list[int], snrs):
+        k = cfg.data.num_clients
+        seen = {c for r in range(rnd) for c in method.participants(r, k)}
+        ins = {cid: FitIns(Parameters([], "numpy.ndarray"), {
+            "config": text, "seed": cfg.seed, "round": rnd, "cid": cid, "snr_db": float(snrs[cid]),
+            "payload": payload, "first": cid not in seen, "state_key": key}) for cid in cids}
+        strategy, sent = RoundStrategy(ins), {}
+        spy = _SecAggGrid(grid, sent)
+        state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: rnd + 1}),
+                            MAIN_PARAMS_RECORD: ArrayRecord()})
+        context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=state, run_config={}),
+                                strategy=strategy)
+        SecAggPlusWorkflow(sv.secagg_shares, sv.secagg_threshold, clipping_range=sv.secagg_clip,
+                           max_weight=float(max(method.env.data.volumes[c] for c in cids)),
+                           timeout=timeout_s)(spy, context)
+        out, answered = [], set()
+        for proxy, fitres in strategy.out or []:
+            cid = cid_of[proxy.node_id]
+            answered.add(cid)
+            m = fitres.metrics
+            out.append((cid, ClientResult(b"".join(sent.get(proxy.node_id, [])), json.loads(str(m["metrics"]))),
+                        float(m["seconds"])))
+        if strategy.out:
+            start = method.decode_broadcast(payload)
+            mean_update = parameters_to_ndarrays(strategy.out[0][1].parameters)  # the unmasked weighted mean
+            keys = _float_keys(start)
+            mean = {kk: (start[kk].double() + torch.from_numpy(np.asarray(u, dtype=np.float64)).reshape(
+                start[kk].shape)).to(start[kk].dtype) for kk, u in zip(keys, mean_update, strict=True)}
+            out.append((-1, SecureAggregate(mean, sorted(answered)), 0.0))
+        halted = "no SecAgg+ result: too few clients answered for the protocol to finish (see the log)"
+        out += [(cid, ClientFailure(spy.errors.get(node_of[cid], halted)), 0.0) for cid in cids if cid not in answered]
+        return out
+    return run
 
 
 @dataclass(frozen=True)
@@ -302,10 +482,13 @@ def make_server_app(setup: ServerRun | Callable[[Any], ServerRun], progress: boo
 
 def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = False,
                    command: list[str] | None = None, device: str = "cpu", num_cpus: float = 1.0,
-                   num_gpus: float = 0.0):
+                   num_gpus: float = 0.0, timeout_s: float = 600.0, client_app: Any = None):
     """``psfl run --engine flower``: Flower's simulation engine on this machine, one
     virtual SuperNode per client (``partition-id`` = client id). The nodes keep their
-    client states in ``<run_dir>/nodes/``, so ``resume`` continues where the run stopped."""
+    client states in ``<run_dir>/nodes/``, so ``resume`` continues where the run stopped.
+    ``timeout_s`` bounds each round's wait for replies (a client that does not answer in
+    time is recorded as failed); ``client_app`` replaces psfl's ClientApp (one that adds
+    mods, say)."""
     import logging
 
     from flwr.simulation import run_simulation as flwr_run_simulation
@@ -313,10 +496,10 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
     from psfl.runners.inprocess import RunResult
 
     result: dict[str, Any] = {}
-    server = make_server_app(ServerRun(cfg, Path(run_dir), resume, device, command=command), progress, result)
+    server = make_server_app(ServerRun(cfg, Path(run_dir), resume, device, timeout_s, command), progress, result)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ[STATE_DIR_ENV] = str(Path(run_dir).resolve() / "nodes")  # inherited by the simulated nodes
-    flwr_run_simulation(server, make_client_app(), num_supernodes=cfg.data.num_clients,
+    flwr_run_simulation(server, client_app or make_client_app(), num_supernodes=cfg.data.num_clients,
                         backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     if "records" not in result:
         raise PsflError("the Flower simulation ended without finishing the run (see the log above)")

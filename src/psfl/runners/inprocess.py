@@ -50,6 +50,15 @@ class ClientFailure:
     reason: str
 
 
+@dataclass
+class SecureAggregate:
+    """What a secure-aggregation executor yields once per round (with cid -1), beside each
+    client's ClientResult (whose payload is what the client sent under the protocol): the
+    weighted mean (Eq. 10) of the decoded uploads of ``cids``, all the server learns."""
+    mean: dict[str, torch.Tensor]
+    cids: list[int]
+
+
 # The clients of one round: (round, broadcast payload, participating cids, SNRs) ->
 # (cid, ClientResult or ClientFailure, seconds of client compute) per client, in any order. The
 # in-process default calls the method's client_update in turn; the Flower engine
@@ -168,6 +177,9 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     check_run_config(cfg, unused=strict)  # strict=False: a compare run sharing another method's config
+    if cfg.server.secure_aggregation and executor is None:
+        raise PsflError("config field server.secure_aggregation: secure aggregation runs on the Flower engine "
+                        "(psfl run --engine flower, flwr run .); in one process the server holds every upload")
     env = env or build_env(cfg, progress=progress, device=device)
     method = METHODS.get(cfg.method)(env, options_for(cfg), cfg)
     K = cfg.data.num_clients
@@ -212,9 +224,13 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
         payload, server_metrics = method.broadcast(rnd, snrs)
         uploads, clients, compute_s = [], [], time.perf_counter() - tb  # time inside the method
         failed: list[dict[str, Any]] = []
+        secure: SecureAggregate | None = None
         for cid, res, secs in sorted(run_clients(rnd, payload, method.participants(rnd, K), snrs),
                                      key=lambda t: t[0]):  # client order fixed: aggregation sums in cid order
             compute_s += secs
+            if isinstance(res, SecureAggregate):
+                secure = res
+                continue
             if isinstance(res, ClientFailure):  # raised, timed out or lost on the way (external engines)
                 failed.append({"cid": cid, "reason": res.reason})
                 continue
@@ -224,7 +240,12 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
                             "upload_bits": cost.bits, "rate_bps": cost.rate_bps, "delay_s": cost.delay_s,
                             "energy_j": cost.energy_j, **res.metrics})
         ta = time.perf_counter()
-        accepted, rejected = screen_uploads(method, uploads, cfg.server.max_norm_ratio)
+        if cfg.server.secure_aggregation:  # the server never sees one upload: nothing to screen
+            if secure is None and uploads:
+                raise PsflError("server.secure_aggregation: the engine returned uploads without a secure sum")
+            accepted, rejected = [u for u in uploads if secure and u.cid in secure.cids], []
+        else:
+            accepted, rejected = screen_uploads(method, uploads, cfg.server.max_norm_ratio)
         for r in rejected:
             next(c for c in clients if c["cid"] == r.cid)["rejected"] = r.reason
             failed.append({"cid": r.cid, "reason": f"upload rejected: {r.reason}"})
@@ -235,7 +256,10 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
             raise RoundFailedError(f"round {rnd + 1}: {len(accepted)} acceptable upload(s), fewer than "
                                    f"server.min_clients = {cfg.server.min_clients}; the {rnd} completed round(s) "
                                    f"are kept (psfl run --resume {run_dir} retries the round)")
-        server_metrics.update(method.aggregate(rnd, accepted))  # weights renormalise over the accepted uploads
+        if secure is not None:
+            server_metrics.update(method.apply_mean(rnd, secure.mean))
+        else:
+            server_metrics.update(method.aggregate(rnd, accepted))  # weights renormalise over the accepted uploads
         check_state_finite(method.global_model().state_dict(), rnd, None, "global model weight")
         glob = evaluate_global(method, env, rnd)
         compute_s += time.perf_counter() - ta
