@@ -248,18 +248,20 @@ def start_supernode(fed: Federation, cid: int, superlink: str, port: int, *secur
                      "--port", str(port), "--node-config", f"partition-id={cid} state-dir='{state_dir}'")
 
 
-def run_tiny_psfl(fed: Federation, cache_dir: Path) -> Path:
-    """``flwr run .`` of two tiny PSFL rounds on the two nodes; the run folder, after
-    checking that Flower says the run completed."""
+def run_tiny_psfl(fed: Federation, cache_dir: Path, extra: str = "") -> Path:
+    """``flwr run .`` of two tiny PSFL rounds on the two nodes (``extra``: the run
+    config's ``set``); the run folder, after checking that Flower says the run completed."""
     out = fed.root / "run"
     overrides = dict(o.split("=", 1) for o in tiny_overrides(cache_dir, rounds=2))
     overrides["data.num_clients"] = "2"
     run_config = " ".join(f"{k}={v}" for k, v in overrides.items()) + f" out='{out}' timeout-s=300.0"
+    run_config += f" set='{extra}'" if extra else ""
     text = fed.flwr("run", ".", CONNECTION, "--stream", "--run-config", run_config, timeout_s=RUN_TIMEOUT_S)
     started = re.search(r"Successfully started run (\d+)", text)
     assert started, text[-3000:]
     status = json.loads(fed.flwr("ls", CONNECTION, "--run-id", started.group(1), "--format", "json"))
     assert status["runs"][0]["status"] == "finished:completed", (status, text[-3000:])
+    fed.run_log = text
     return out
 
 
@@ -293,7 +295,11 @@ def test_flwr_run_on_a_local_deployment(federation, cache):  # noqa: F811
     assert "Key 'roundz' is not present" in fed.log("superlink")
     for cid in range(2):
         fed.wait_for_log(f"node{cid}", r"SuperNode ID: \d+")
-    check_two_rounds_two_clients(fed, run_tiny_psfl(fed, cache))
+    # with secure aggregation (SecAgg+ across the SuperLink: the server learns only the sum)
+    run_dir = run_tiny_psfl(fed, cache, "server.secure_aggregation=true")
+    check_two_rounds_two_clients(fed, run_dir)
+    assert "secure_aggregation = true" in (run_dir / "config.toml").read_text()
+    assert fed.run_log.count("Secure aggregation completed") == 2, fed.run_log[-3000:]  # the ServerApp's log
 
 
 # --------------------------------------------------------------------------- TLS and node auth
