@@ -83,6 +83,10 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         "server.max_norm_ratio": "1.01",
         "server.min_clients": ("3", ["server.max_norm_ratio=1.01"]),  # then too few: the run stops (exit 3)
         "server.aggregation": '"median"', "server.trim": ("0.4", ['server.aggregation="trimmed_mean"']),
+        # secure aggregation runs on Flower only (tests/test_secagg.py): in process it is refused,
+        # and its options alone are inert, so refused too
+        "server.secure_aggregation": "true", "server.secagg_clip": "4", "server.secagg_shares": "0.5",
+        "server.secagg_threshold": "0.8",
         "privacy.clip": "0.5", "privacy.noise_multiplier": ("0.5", ["privacy.clip=0.5"]),
         "privacy.delta": ("1e-3", ["privacy.clip=0.5", "privacy.noise_multiplier=0.5"]),
         "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "3", "evaluator.checkpoint": f'"{clf}"',
