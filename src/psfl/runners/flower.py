@@ -174,13 +174,12 @@ def _handle_query(msg, context):
     return Message(RecordDict({RECORD: ConfigRecord({"cid": _partition_id(context)})}), reply_to=msg)
 
 
-def _handle_train(msg, context):
+def _train_one(c, context):
+    """One round of the client a ``train`` message (its psfl fields ``c``) is for: its
+    state from the node, the method's ``client_update``, its state saved back. Returns
+    (cfg, env, method, ClientResult, seconds)."""
     from psfl.methods.base import make_generator
 
-    ConfigRecord, _, Message, RecordDict = _flwr()[:4]
-    if SECAGG_FITINS in msg.content.config_records:  # SecAgg+'s collect stage (secaggplus_mod called us)
-        return _handle_secure_train(msg, context)
-    c = msg.content[RECORD]
     text, rnd, cid, snr = str(c["config"]), int(c["round"]), int(c["cid"]), float(c["snr_db"])
     if cid != _partition_id(context):
         raise PsflError(f"message for client {cid} reached the node of client {_partition_id(context)}")
@@ -194,6 +193,14 @@ def _handle_train(msg, context):
     res = method.client_update(cid, state, rnd, bytes(c["payload"]), snr, make_generator(cfg.seed, rnd, cid, 0xC11))
     secs = time.perf_counter() - t0
     _save_client_state(context, before, state, cid, rnd, path)
+    return cfg, env, method, res, secs
+
+
+def _handle_train(msg, context):
+    ConfigRecord, _, Message, RecordDict = _flwr()[:4]
+    if SECAGG_FITINS in msg.content.config_records:  # SecAgg+'s collect stage (secaggplus_mod called us)
+        return _handle_secure_train(msg, context)
+    *_, res, secs = _train_one(msg.content[RECORD], context)
     reply = ConfigRecord({"payload": res.payload, "metrics": json.dumps(res.metrics), "seconds": secs})
     return Message(RecordDict({RECORD: reply}), reply_to=msg)
 
@@ -236,22 +243,10 @@ def _handle_secure_train(msg, context):
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
     from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-    from psfl.methods.base import make_generator
-
     Message = _flwr()[2]
     c = msg.content.config_records[SECAGG_FITINS]
-    text, rnd, cid, snr = str(c["config"]), int(c["round"]), int(c["cid"]), float(c["snr_db"])
-    if cid != _partition_id(context):
-        raise PsflError(f"message for client {cid} reached the node of client {_partition_id(context)}")
-    data_dir = context.node_config.get("data-dir")
-    cfg, env, method = _client_side(text, str(data_dir) if data_dir else None,
-                                    str(context.node_config.get("device", "cpu")))
-    path = _state_path(context.node_config, str(c["state_key"]), cid)
-    state = _load_client_state(context, method, cid, rnd, path, bool(c["first"]))
-    before = _from_bytes(_to_bytes(state))
-    t0 = time.perf_counter()
-    down = bytes(c["payload"])
-    res = method.client_update(cid, state, rnd, down, snr, make_generator(cfg.seed, rnd, cid, 0xC11))
+    cfg, env, method, res, secs = _train_one(c, context)
+    cid, down = int(c["cid"]), bytes(c["payload"])
     start, up = method.decode_broadcast(down), method.decode_own_upload(down, res.payload)
     keys = _float_keys(start)
     if sorted(keys) != sorted(_float_keys(up)):
@@ -261,8 +256,6 @@ def _handle_secure_train(msg, context):
     if not math.isfinite(worst) or worst > cfg.server.secagg_clip:
         raise PsflError(f"client {cid}: an update entry of {worst:.4g} exceeds server.secagg_clip = "
                         f"{cfg.server.secagg_clip:g} (SecAgg+ would clip it)")
-    secs = time.perf_counter() - t0
-    _save_client_state(context, before, state, cid, rnd, path)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), int(env.data.volumes[cid]),
                     {"metrics": json.dumps(res.metrics), "seconds": secs, "cid": cid})
     return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
