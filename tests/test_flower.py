@@ -6,6 +6,7 @@ import pytest
 
 from psfl.config import load_config
 from psfl.runners.inprocess import run_federated
+from psfl.runners.store import read_records
 
 flwr = pytest.importorskip("flwr", reason="the flower extra is not installed")
 
@@ -34,6 +35,23 @@ def test_flower_simulation_equals_in_process(tmp_path, cache, method, extra):  #
     assert _strip(got) == _strip(ref)
     assert all(("dp_epsilon" in r) == bool(extra) for r in got)
     assert (tmp_path / "flower" / "metrics.jsonl").is_file() and (tmp_path / "flower" / "provenance.json").is_file()
+
+
+def test_compare_on_flower_equals_compare_in_process(tmp_path, cache):  # noqa: F811
+    """`psfl compare --engine flower`: every method a Flower simulation, the comparison's
+    per-round metrics and table equal the in-process comparison's (PSFL's config shared
+    by fedavg-csc, which ignores PSFL's settings: the non-strict path)."""
+    from psfl.cli import main
+
+    args = ["compare", "--methods", "psfl,fedavg-csc", "--no-progress"]
+    for o in tiny_overrides(cache, rounds=1):
+        args += ["--set", o]
+    assert main(args + ["--out", str(tmp_path / "inprocess")]) == 0
+    assert main(args + ["--out", str(tmp_path / "flower"), "--engine", "flower"]) == 0
+    for m in ("psfl", "fedavg-csc"):
+        ref, got = (read_records(tmp_path / e / m / "metrics.jsonl") for e in ("inprocess", "flower"))
+        assert _strip(got) == _strip(ref), m
+    assert (tmp_path / "flower" / "summary.md").is_file()
 
 
 @pytest.mark.slow  # three Flower simulations

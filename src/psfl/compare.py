@@ -112,13 +112,17 @@ def write_tables(rows: list[dict[str, Any]], out: Path,
 
 
 def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = True,
-            resume: bool = False, device: Any = "cpu", overwrite: bool = False
-            ) -> tuple[list[dict[str, Any]], list[Path]]:
+            resume: bool = False, device: Any = "cpu", overwrite: bool = False, engine: str = "inprocess",
+            client_cpus: float = 1.0, client_gpus: float = 0.0) -> tuple[list[dict[str, Any]], list[Path]]:
     """Run every method (same data partition, evaluator, seed and SNR trace) into
-    ``out/<method>/`` and write the comparison plots and tables into ``out``."""
+    ``out/<method>/`` and write the comparison plots and tables into ``out``. ``engine``:
+    ``inprocess`` (one process) or ``flower`` (Flower's simulation engine, each method
+    a simulation with ``client_cpus`` / ``client_gpus`` per virtual SuperNode)."""
     from psfl.methods import METHODS, build_env, check_run_config
     from psfl.runners.inprocess import run_federated
 
+    if engine not in ("inprocess", "flower"):
+        raise PsflError(f"unknown engine {engine!r}: inprocess or flower")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise PsflError(f"unknown method(s) {unknown}; known: {', '.join(METHODS.names())}")
@@ -128,8 +132,17 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
     results: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         mcfg = replace(cfg, method=m)  # same environment (data, evaluators, models), another method
-        results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env,
-                                   strict=m == cfg.method, overwrite=overwrite).records
+        if engine == "flower":  # the server builds its environment from the same config
+            from psfl.runners.flower import run_simulation
+            from psfl.runners.inprocess import clear_run
+
+            if overwrite and (out / m).is_dir():
+                clear_run(out / m)
+            results[m] = run_simulation(mcfg, out / m, resume=resume, device=str(device), num_cpus=client_cpus,
+                                        num_gpus=client_gpus, strict=m == cfg.method).records
+        else:
+            results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env,
+                                       strict=m == cfg.method, overwrite=overwrite).records
     rows = [summarize(m, recs) for m, recs in results.items()]
     baselines = env.provenance.get("baselines")
     paths = list(write_tables(rows, out, baselines)) + plot_compare(results, out, cfg.data.num_clients, baselines)

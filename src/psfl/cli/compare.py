@@ -21,6 +21,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue methods from their checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
+                   help="inprocess (default) or flower: each method on Flower's simulation engine")
+    p.add_argument("--client-cpus", type=float, default=1.0, help="flower engine: CPUs per simulated client")
+    p.add_argument("--client-gpus", type=float, default=0.0, help="flower engine: GPUs per simulated client")
     add_device_argument(p)
 
 
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from psfl.device import resolve_device
 
     rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume,
-                          device=resolve_device(args.device), overwrite=args.overwrite)
+                          device=resolve_device(args.device), overwrite=args.overwrite, engine=args.engine,
+                          client_cpus=args.client_cpus, client_gpus=args.client_gpus)
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -449,6 +449,7 @@ class ServerRun:
     device: str = "cpu"
     timeout_s: float = 600.0
     command: list[str] | None = None  # recorded in provenance.json (default: this process's argv)
+    strict: bool = True  # False: a comparison run sharing another method's config (psfl compare)
 
 
 def make_server_app(setup: ServerRun | Callable[[Any], ServerRun], progress: bool = False,
@@ -465,7 +466,7 @@ def make_server_app(setup: ServerRun | Callable[[Any], ServerRun], progress: boo
 
         run = setup if isinstance(setup, ServerRun) else setup(context)
         out = run_federated(run.cfg, run.run_dir, resume=run.resume, progress=progress, command=run.command,
-                            device=run.device,
+                            device=run.device, strict=run.strict,
                             executor=flower_executor(grid, run.cfg, run.timeout_s, state_key(run.cfg, run.run_dir)))
         if result is not None:
             result["records"] = out.records
@@ -475,13 +476,14 @@ def make_server_app(setup: ServerRun | Callable[[Any], ServerRun], progress: boo
 
 def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = False,
                    command: list[str] | None = None, device: str = "cpu", num_cpus: float = 1.0,
-                   num_gpus: float = 0.0, timeout_s: float = 600.0, client_app: Any = None):
+                   num_gpus: float = 0.0, timeout_s: float = 600.0, client_app: Any = None,
+                   strict: bool = True):
     """``psfl run --engine flower``: Flower's simulation engine on this machine, one
     virtual SuperNode per client (``partition-id`` = client id). The nodes keep their
     client states in ``<run_dir>/nodes/``, so ``resume`` continues where the run stopped.
     ``timeout_s`` bounds each round's wait for replies (a client that does not answer in
     time is recorded as failed); ``client_app`` replaces psfl's ClientApp (one that adds
-    mods, say)."""
+    mods, say); ``strict=False``: the config is another method's (``psfl compare``)."""
     import logging
 
     from flwr.simulation import run_simulation as flwr_run_simulation
@@ -489,7 +491,8 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
     from psfl.runners.inprocess import RunResult
 
     result: dict[str, Any] = {}
-    server = make_server_app(ServerRun(cfg, Path(run_dir), resume, device, timeout_s, command), progress, result)
+    server = make_server_app(ServerRun(cfg, Path(run_dir), resume, device, timeout_s, command, strict), progress,
+                             result)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ[STATE_DIR_ENV] = str(Path(run_dir).resolve() / "nodes")  # inherited by the simulated nodes
     flwr_run_simulation(server, client_app or make_client_app(), num_supernodes=cfg.data.num_clients,
