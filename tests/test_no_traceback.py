@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from psfl.cli import main
@@ -57,6 +57,7 @@ raw_text = st.text(max_size=20)  # not necessarily TOML: the loader must say so
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from(FIELDS + ["nope.field", "method_options.psfl.x"]),
                           st.one_of(values.map(toml), raw_text)), min_size=1, max_size=3))
+@example([("evaluator.cache_dir", '"\\u0000"')])  # found by hypothesis: a NUL in a path was a ValueError
 def test_random_config_values_are_accepted_or_one_clear_error(items):
     from psfl.methods import check_run_config
 

@@ -539,15 +539,18 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     """Make every path absolute (a run resumed from another directory reads the same
     files) and resolve ``data.source = "auto"``: ``npz`` when ``data.data_dir`` is given
     (the file must exist there: never a silent fallback), else the bundled sample."""
-    def absolute(p: str) -> str:
+    def absolute(p: str, field: str) -> str:
+        if "\0" in p:
+            raise PsflError(f"config field {field}: a path cannot hold a NUL character")
         return str(Path(p).expanduser().resolve()) if p else p
 
     d, ev = cfg.data, cfg.evaluator
     if d.data_dir:
-        d.data_dir = absolute(d.data_dir)
-    ev.checkpoint, ev.score_checkpoint, ev.cache_dir = map(absolute, (ev.checkpoint, ev.score_checkpoint,
-                                                                      ev.cache_dir))
-    cfg.model.mentor_init = {k: absolute(v) for k, v in cfg.model.mentor_init.items()}
+        d.data_dir = absolute(d.data_dir, "data.data_dir")
+    ev.checkpoint = absolute(ev.checkpoint, "evaluator.checkpoint")
+    ev.score_checkpoint = absolute(ev.score_checkpoint, "evaluator.score_checkpoint")
+    ev.cache_dir = absolute(ev.cache_dir, "evaluator.cache_dir")
+    cfg.model.mentor_init = {k: absolute(v, f"model.mentor_init.{k}") for k, v in cfg.model.mentor_init.items()}
     if d.source == "auto":
         from psfl.data import DATASETS
 

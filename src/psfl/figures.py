@@ -176,6 +176,14 @@ def _band(ax, a: np.ndarray, label: str, style: str = "-") -> None:
         ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.18, linewidth=0)
 
 
+def _legend(ax, **kw: Any) -> None:
+    """The legend of a panel; a panel with nothing drawn says so instead."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
 def _panel_title(ax, i: int, ds: str) -> None:
     ax.set_title(f"({PANEL[i]}) {ds}", fontsize=10)
 
@@ -214,7 +222,7 @@ def draw_curves(inp: FigureInput, out: Path) -> list[Path]:
                 _band(ax, curves(inp.records.get((ds, s.label), {}), m, inp.rounds[ds]), s.label)
             ax.set(xlabel="communication round", ylabel=SERIES_METRICS.get(m).label)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _legend(ax, fontsize=7)
             if i == 0:
                 _panel_title(ax, j, ds)
     _not_run_note(fig, inp)
@@ -235,7 +243,7 @@ def draw_mentor_student(inp: FigureInput, out: Path) -> list[Path]:
                       f"{who}" if len(inp.exp.series) == 1 else f"{s.label}: {who}", style)
         ax.set(xlabel="communication round", ylabel=SERIES_METRICS.get(metrics[0]).label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
         _panel_title(ax, j, ds)
     _not_run_note(fig, inp)
     png = _save(plt, fig, out / f"{inp.exp.name}.png", inp.exp.title)
@@ -271,7 +279,7 @@ def draw_contenders(inp: FigureInput, out: Path) -> list[Path]:
             ax.set(xlabel="communication round", ylabel=SERIES_METRICS.get(m).label)
             ax.set_title(f"({PANEL[j]}) {ds}", fontsize=10)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _legend(ax, fontsize=7)
         ax = axes[i][len(metrics)]
         width = 0.8 / max(1, len(series))
         for k, s in enumerate(series):
@@ -288,7 +296,7 @@ def draw_contenders(inp: FigureInput, out: Path) -> list[Path]:
         if ds in inp.base:
             ax.set_xticks(range(inp.base[ds].data.num_clients))
         ax.set_title(f"({PANEL[len(metrics)]}) {ds}", fontsize=10)
-        ax.legend(fontsize=6, ncol=2)
+        _legend(ax, fontsize=6, ncol=2)
     _not_run_note(fig, inp)
     png = _save(plt, fig, out / f"{inp.exp.name}.png", inp.exp.title)
     path = out / "local_accuracy.csv"
