@@ -1,8 +1,10 @@
 """Failing clients on the Flower engine (issue 11 item 5, issue 12 item 1 "in each
-engine"): a node whose ClientApp raises, replies with a payload that is not an upload,
-or does not answer in time does not end the round. The server aggregates over the
-others and records the failure (round, client, reason) in metrics.jsonl; the global
-model is the one the in-process runner gets with that client lost every round."""
+engine"): a node whose ClientApp uploads NaN, values at pruned positions, a wrong shape,
+a huge update or a truncated payload, raises, or does not answer in time does not end
+the round. The server aggregates over the others and records the failure (round,
+client, reason) in metrics.jsonl; the global model is the one the in-process runner gets
+with that client lost every round."""
+import math
 import time
 
 import pytest
@@ -17,28 +19,31 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from psfl.runners import flower  # noqa: E402
 
 from test_runner import cache, tiny_overrides  # noqa: E402,F401
-from test_screen import hostile_executor  # noqa: E402
+from test_screen import CORRUPT, REASON, hostile_executor  # noqa: E402
 
 TIMEOUT_S = 30.0  # a tiny round of 3 clients takes seconds (round 0 builds the nodes: < 15 s on 2 busy cores)
 BAD = 1
+PLAN = {0: "nan", 1: "mask-violating", 2: "wrong shape", 3: "huge", 4: "truncated", 5: "raise", 6: "late"}
+REASONS = {**REASON, "raise": "the client crashed", "late": f"no reply within {TIMEOUT_S:g} s"}
 
 
 def faulty_client_app() -> ClientApp:
-    """psfl's ClientApp, except client 1: it sends garbage in round 0, raises in round 1
-    and answers too late in round 2."""
+    """psfl's ClientApp, except client 1: each round it misbehaves as PLAN says (a
+    corrupted upload, an exception, a reply after the timeout)."""
     app = ClientApp()
     app.query()(flower._handle_query)
 
     @app.train()
     def train(msg, context):
         c = msg.content[flower.RECORD]
-        rnd, cid = int(c["round"]), int(c["cid"])
-        if cid == BAD and rnd == 1:
+        kind = PLAN[int(c["round"])] if int(c["cid"]) == BAD else None
+        if kind == "raise":
             raise RuntimeError("the client crashed")
         reply = flower._handle_train(msg, context)
-        if cid == BAD and rnd == 0:
-            reply.content[flower.RECORD]["payload"] = b"not an upload"
-        if cid == BAD and rnd == 2:
+        if kind in CORRUPT:
+            method = flower._client_side(str(c["config"]), None, "cpu")[2]
+            reply.content[flower.RECORD]["payload"] = CORRUPT[kind](method, bytes(reply.content[flower.RECORD]["payload"]))
+        if kind == "late":
             time.sleep(TIMEOUT_S + 15)  # answers, but after the server gave up on it
         return reply
 
@@ -46,14 +51,15 @@ def faulty_client_app() -> ClientApp:
 
 
 def test_failing_nodes_are_recorded_and_left_out(tmp_path, cache):  # noqa: F811
-    cfg = load_config(None, tiny_overrides(cache, rounds=3))
+    cfg = load_config(None, tiny_overrides(cache, rounds=len(PLAN)))
     lost = run_federated(cfg, tmp_path / "lost", progress=False, executor=hostile_executor(BAD, fail=True)).records
     got = flower.run_simulation(cfg, tmp_path / "flower", timeout_s=TIMEOUT_S, client_app=faulty_client_app()).records
-    assert len(got) == 3
-    reasons = [r["failed"] for r in got]
-    assert all([f["cid"] for f in fl] == [BAD] for fl in reasons), reasons
-    assert "upload rejected: undecodable" in reasons[0][0]["reason"]
-    assert "the client crashed" in reasons[1][0]["reason"]
-    assert f"no reply within {TIMEOUT_S:g} s" in reasons[2][0]["reason"]
+    assert len(got) == len(PLAN)
+    for r in got:
+        kind = PLAN[r["round"]]
+        assert [f["cid"] for f in r["failed"]] == [BAD], r["failed"]
+        assert REASONS[kind] in r["failed"][0]["reason"], (kind, r["failed"])
+        assert math.isfinite(r["global"]["loss"])
+        sent = BAD in [c["cid"] for c in r["clients"]]
+        assert sent == (kind in CORRUPT), kind  # a rejected upload was transmitted: its energy counts
     assert [r["global"] for r in got] == [r["global"] for r in lost]  # weights renormalised over the others
-    assert all(BAD not in [c["cid"] for c in r["clients"]] for r in (got[1], got[2]))  # no upload, no energy
