@@ -8,7 +8,7 @@ otherwise. Several queue processes may share a file: a run is claimed by creatin
 directory's ``.claim`` file first (one process per run).
 
     python scripts/run_queue.py QUEUE --config configs/psfl-study.toml \
-        --data-dir ../shared/data --out results/psfl-study/runs
+        --data-dir ../shared/data --out results/psfl-study/runs --evaluators results/psfl-study/evaluators
 """
 from __future__ import annotations
 
@@ -43,7 +43,25 @@ def main() -> int:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=0, help="expected rounds (default: from the config)")
+    ap.add_argument("--evaluators", help="folder of trained evaluators (.pt + .json, as in psfl's cache) to put "
+                                         "into the evaluator cache first, where the cache lacks them, so that "
+                                         "every machine trains against and scores with the same classifiers")
     args = ap.parse_args()
+    if args.evaluators:
+        import shutil
+
+        from psfl.evaluate.evaluator import default_cache_dir
+
+        cache = default_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        for f in sorted(Path(args.evaluators).glob("*.pt")):
+            if not (cache / f.name).is_file():
+                for part in (f, f.with_suffix(".json")):
+                    shutil.copy2(part, cache / part.name)
+                print(f"evaluator cache: {f.name} from {args.evaluators}", flush=True)
+            elif (cache / f.name).read_bytes() != f.read_bytes():
+                raise SystemExit(f"{cache / f.name} differs from {f}: this cache holds other weights under the "
+                                 "same name (trained on another machine); move it away to use the study's")
     psfl = [sys.executable, "-m", "psfl"]
     if not args.rounds:
         import tomllib
