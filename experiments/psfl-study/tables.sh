@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 psfl=${PSFL:-.venv/bin/psfl}
 $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefix study- \
-    --names base,warmup5,regrow-dense,bn-recal,floor20,score-per-layer,pld-half,mentor-init,no-agp
+    --names base,base-ev2,warmup5,regrow-dense,bn-recal,floor20,score-per-layer,pld-half,mentor-init,no-agp
 $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefix headline- \
     --names psfl=warmup5,psfl-plus,fedavg,fedavg-csc,stc,fttq,fedpaq,psfl-no-pld=no-pld,psfl-no-agp=no-agp
 $psfl seeds results/psfl-study/runs --rounds 20 --out results/psfl-study --prefix mse- \
