@@ -90,6 +90,8 @@ def main() -> int:
             else:
                 cmd = psfl + ["run", "--config", args.config, "--data-dir", args.data_dir, "--out", str(run),
                               "--no-progress", "--set", f"method={method}", "--set", f"seed={seed}"]
+                if rounds_done(run):  # a partial run whose checkpoint is gone (another machine): start again
+                    cmd.append("--overwrite")
                 for s in sets:
                     cmd += ["--set", s]
             print(" ".join(cmd), flush=True)
