@@ -68,7 +68,8 @@ def test_secure_mean_equals_eq10_within_quantisation_and_hides_each_upload(tmp_p
         flat = flat[1:] if flat.size == applied.size + 1 else flat  # SecAgg+ prepends the weight factor
         assert flat.size == applied.size
         # the masks come from fresh keys (not seeded): bounds of 5 standard deviations of a
-        # uniform vector of this length (false alarm < 1e-6); an unmasked update scores > 0.5
+        # uniform vector of this length (false alarm < 1e-6); an unmasked update would follow the
+        # applied mean update closely (every client starts from the same weights)
         n = flat.size
         assert abs(flat.mean() / 2 ** 32 - 0.5) < 5 * (12 * n) ** -0.5  # uniform over the modulus range
         assert abs(np.corrcoef(flat, applied)[0, 1]) < 5 * n ** -0.5
