@@ -123,7 +123,7 @@ class ServerConfig:
     # it cannot screen uploads one by one (max_norm_ratio, aggregation must stay default).
     # Each float entry of an update must lie within +-secagg_clip (SecAgg+ quantises that
     # range to 2^22 levels): a client whose update exceeds it fails the round, it is never
-    # clipped silently. Integer buffers (BatchNorm's num_batches_tracked) travel in the clear.
+    # clipped silently. Only float entries are summed, as only they are ever uploaded.
     secure_aggregation: bool = False
     secagg_clip: float = 8.0
     secagg_shares: float = 1.0  # each client's secrets are shared with this share of the round's clients

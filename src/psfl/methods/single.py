@@ -100,9 +100,10 @@ class SingleModelMethod(FederatedMethod):
 
     def apply_uploads(self, decoded: list[dict[str, Tensor]], uploads: list[Upload]) -> None:
         s = self.cfg.server  # Eq. 10 (mean) or a robust rule
-        self.apply_mean(-1, aggregate_states(s.aggregation, decoded, [u.num_samples for u in uploads], s.trim))
+        self.global_state.update(aggregate_states(s.aggregation, decoded, [u.num_samples for u in uploads], s.trim))
 
     def apply_mean(self, rnd: int, mean: dict[str, Tensor]) -> dict[str, float]:
+        """Secure aggregation: ``mean`` is what ``apply_uploads`` computes with Eq. 10."""
         self.global_state.update(mean)
         return {}
 
