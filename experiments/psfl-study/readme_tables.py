@@ -50,7 +50,10 @@ def per_seed_table() -> str:
 readme = root / "README.md"
 text = readme.read_text()
 for tag, name in (("STUDY_TABLE", "study-table.md"), ("HEADLINE_TABLE", "headline-table.md"),
-                  ("MSE_TABLE", "mse-table.md")):
+                  ("MSE_TABLE", "mse-table.md"), ("LONG20_TABLE", "long20-table.md"),
+                  ("LONG40_TABLE", "long40-table.md")):
+    if not (root / name).is_file():
+        continue
     table = (root / name).read_text().strip()
     text = re.sub(rf"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n\n{table}\n\n<!-- /{tag} -->", text,
                   flags=re.S)
