@@ -281,6 +281,10 @@ def _wait_for_nodes(grid, k: int, timeout_s: float) -> list[int]:
     return nodes
 
 
+NODE_START_S = 180.0  # the first query waits this long at least: a node builds its client (data shard,
+# models) before it answers, which takes far longer than a round on a busy machine
+
+
 def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | None = None) -> Callable:
     """A :data:`psfl.runners.inprocess.ClientExecutor` over a Flower grid: one ``train``
     message per participating client, to the node that holds it (``key`` names the
@@ -292,7 +296,8 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
     text = dump_config(cfg)
     nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s)
     replies = grid.send_and_receive([Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
-                                             message_type="query") for n in nodes], timeout=timeout_s)
+                                             message_type="query") for n in nodes],
+                                    timeout=max(timeout_s, NODE_START_S))  # nodes build their clients first
     node_of: dict[int, int] = {}
     for r in replies:
         if r.has_error():
