@@ -297,7 +297,7 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
     nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s)
     replies = grid.send_and_receive([Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
                                              message_type="query") for n in nodes],
-                                    timeout=max(timeout_s, NODE_START_S))  # nodes build their clients first
+                                    timeout=max(timeout_s, NODE_START_S))
     node_of: dict[int, int] = {}
     for r in replies:
         if r.has_error():
