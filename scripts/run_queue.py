@@ -8,7 +8,7 @@ otherwise. Several queue processes may share a file: a run is claimed by creatin
 directory's ``.claim`` file first (one process per run).
 
     python scripts/run_queue.py QUEUE --config configs/psfl-study.toml \
-        --data-dir ../shared/data --out results/psfl-study/runs --evaluators results/psfl-study/evaluators
+        --data-dir ../shared/data --out results/psfl-study/runs --evaluators results/evaluators
 """
 from __future__ import annotations
 
@@ -48,20 +48,14 @@ def main() -> int:
                                          "every machine trains against and scores with the same classifiers")
     args = ap.parse_args()
     if args.evaluators:
-        import shutil
+        from psfl.errors import PsflError
+        from psfl.evaluate.evaluator import seed_cache
 
-        from psfl.evaluate.evaluator import default_cache_dir
-
-        cache = default_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        for f in sorted(Path(args.evaluators).glob("*.pt")):
-            if not (cache / f.name).is_file():
-                for part in (f, f.with_suffix(".json")):
-                    shutil.copy2(part, cache / part.name)
-                print(f"evaluator cache: {f.name} from {args.evaluators}", flush=True)
-            elif (cache / f.name).read_bytes() != f.read_bytes():
-                raise SystemExit(f"{cache / f.name} differs from {f}: this cache holds other weights under the "
-                                 "same name (trained on another machine); move it away to use the study's")
+        try:
+            for name in seed_cache(args.evaluators):
+                print(f"evaluator cache: {name} from {args.evaluators}", flush=True)
+        except PsflError as e:  # another machine's weights under the same name
+            raise SystemExit(str(e)) from None
     psfl = [sys.executable, "-m", "psfl"]
     if not args.rounds:
         import tomllib

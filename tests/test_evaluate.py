@@ -196,3 +196,33 @@ def test_transmit_writes_png(tmp_path, monkeypatch):
     with pytest.raises(PsflError, match="does not exist"):
         transmit_checkpoint(ckpt, 10.0, tmp_path / "g.png", images=[tmp_path / "nope.png"],
                             evaluator_cache_dir=str(tmp_path / "cache"), progress=False)
+
+
+def test_kept_evaluators_seed_a_fresh_cache_and_refuse_other_weights(tmp_path):
+    """`results/evaluators` carries a machine's classifiers to the next one: a fresh cache
+    gets the exact bytes; a cache that holds other weights under the same name is refused;
+    keeping copies only files whose weights still have the digest a run recorded."""
+    from psfl.evaluate.classifiers import create_classifier
+    from psfl.evaluate.evaluator import (EvaluatorInfo, _save, keep_evaluators, load_classifier_checkpoint,
+                                         seed_cache)
+    from psfl.methods.base import state_digest
+
+    def make(path, seed):
+        torch.manual_seed(seed)
+        info = EvaluatorInfo("lenet", "mnist", "npz", "f" * 16, "native", 28, 1, 10, 1, seed, 0.5, 1.0)
+        _save(create_classifier("lenet", 1, 10, 28), info, path)
+        return state_digest(load_classifier_checkpoint(path).state_dict())
+
+    name = "mnist__native__lenet__e1__s0__ffffffffffffffff__x.pt"
+    cache_a, kept, cache_b = tmp_path / "a", tmp_path / "kept", tmp_path / "b"
+    digest = make(cache_a / name, 0)
+    assert keep_evaluators({str(cache_a / name): digest}, kept) == ([name], [])
+    assert (kept / name).read_bytes() == (cache_a / name).read_bytes() and (kept / name).with_suffix(".json").is_file()
+    assert keep_evaluators({str(cache_a / name): digest}, kept) == ([], [])  # already kept
+    assert seed_cache(kept, cache_b) == [name] and (cache_b / name).read_bytes() == (kept / name).read_bytes()
+    assert seed_cache(kept, cache_b) == []
+    make(cache_b / name, 1)  # another machine trained other weights under the same name
+    with pytest.raises(PsflError, match="differs from"):
+        seed_cache(kept, cache_b)
+    copied, notes = keep_evaluators({str(cache_b / name): digest}, tmp_path / "kept2")
+    assert copied == [] and "other weights" in notes[0] and not (tmp_path / "kept2").exists()

@@ -114,6 +114,11 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, capsys):
     assert main(argv + ["--datasets", "fashion_mnist,cifar100"]) == 0
     log = capsys.readouterr().out
     assert "resume fashion_mnist/psfl-no-pld/seed0" in log and log.count(" start ") == 14  # 15 runs, 1 resumed
+    # the classifiers the runs trained against and were scored by are kept beside the results
+    kept = sorted(p.name for p in (out / "evaluators").glob("*.pt"))
+    assert len(kept) == 4 and all((tmp_path / "cache" / k).read_bytes() == (out / "evaluators" / k).read_bytes()
+                                  for k in kept), kept
+    assert {k.split("__")[0] for k in kept} == {"fashion_mnist", "cifar100"} and log.count("kept evaluator") == 4
     timing = ("time_s", "compute_s")
     got = [{k: v for k, v in r.items() if k not in timing} for r in read_records(interrupted / "metrics.jsonl")]
     assert got == [{k: v for k, v in r.items() if k not in timing} for r in full]

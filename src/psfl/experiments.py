@@ -290,13 +290,17 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
               datasets: Sequence[str] | None = None, extra: Sequence[str] = (), device: Any = "cpu",
               progress: bool = True, run: bool = True, figures: bool = True, dry_run: bool = False,
               worker_argv: Sequence[str] | None = None, jobs: int = 1, root: Path = EXPERIMENTS_DIR,
-              log: Callable[[str], None] = print) -> Outcome:
+              evaluators: Path | None = None, log: Callable[[str], None] = print) -> Outcome:
     """Plan, run (resumably) and draw the experiments ``names`` (``["all"]``: every one).
 
     ``datasets`` restricts the panels; asked-for datasets must have data here, while the
     default skips (and reports) the ones without. ``jobs`` > 1 starts ``jobs - 1`` more
     workers (``worker_argv``: the command that runs runs only) that share the runs
-    through the run folders' locks; figures are drawn after all workers end."""
+    through the run folders' locks; figures are drawn after all workers end.
+    ``evaluators`` (a folder, e.g. ``results/evaluators``): the trained classifiers kept
+    there go into the evaluator cache before any run, and the ones the finished runs used
+    are copied there afterwards, so that every machine (and every later seed) trains
+    against and scores with the same ones."""
     import subprocess
 
     from psfl.errors import DivergenceError
@@ -328,6 +332,8 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     if run:
         for r in runs:
             check_existing(r)  # refuse a folder made with another config before any work
+        if evaluators is not None:
+            _share_evaluators(evaluators, runs, scale, available, extra, log)
         procs = [subprocess.Popen(list(worker_argv)) for _ in range(jobs - 1)] if worker_argv and jobs > 1 else []
         try:
             for r in runs:
@@ -341,10 +347,36 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
                 p.wait()
         if any(p.returncode for p in procs):
             failed["workers"] = f"a worker exited with {[p.returncode for p in procs]}"
+        if evaluators is not None:
+            _share_evaluators(evaluators, runs, scale, available, extra, log)
     paths = draw(exps, scale, runs, skipped, available, out_root, extra, device, failed) if figures else []
     if figures:
         paths.append(write_claims(scale, seeds, runs_root, available, skipped, out_root, extra, root))
     return Outcome(runs, failed, skipped, paths)
+
+
+def _share_evaluators(folder: Path, runs: Sequence[PlannedRun], scale: Scale, datasets: Sequence[str],
+                      extra: Sequence[str], log: Callable[[str], None]) -> None:
+    """Kept evaluators of ``folder`` -> each dataset's evaluator cache; the evaluators the
+    runs that have a ``provenance.json`` used -> ``folder`` (see :func:`reproduce`)."""
+    from psfl.evaluate.evaluator import keep_evaluators, seed_cache
+
+    if folder.is_dir():
+        for cache in dict.fromkeys(base_config(scale, ds, extra).evaluator.cache_dir or None for ds in datasets):
+            for name in seed_cache(folder, cache):
+                log(f"psfl reproduce: evaluator {name} from {folder}")
+    used: dict[str, str | None] = {}
+    for r in runs:
+        prov = r.path / "provenance.json"
+        if prov.is_file():
+            for e in json.loads(prov.read_text()).get("evaluators", {}).values():
+                if e.get("path"):
+                    used.setdefault(e["path"], e.get("weights_blake2b"))
+    copied, notes = keep_evaluators(used, folder)
+    for name in copied:
+        log(f"psfl reproduce: kept evaluator {name} in {folder} (commit it with the runs)")
+    for note in notes:
+        log(f"psfl reproduce: {note}")
 
 
 def figure_input(exp: Experiment, scale: Scale, runs: Sequence[PlannedRun], skipped: dict[str, str],

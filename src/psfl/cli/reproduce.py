@@ -26,6 +26,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="run folders go to RUNS/<scale>/<dataset>/<run>/seed<k>/ (default OUT/runs)")
     p.add_argument("--experiments", help="folder of experiment files (default: the repository's "
                                          "experiments/reproduce)")
+    p.add_argument("--evaluators", help="folder of kept evaluators (default OUT/evaluators): they go into the "
+                                        "evaluator cache before any run, and the ones the runs used are copied "
+                                        "there, so that every machine and seed uses the same classifiers")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (worker processes sharing the queue)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     p.add_argument("--figures-only", action="store_true", help="draw from the finished runs; run nothing")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                     extra=list(args.overrides) + data_overrides(args), device=device,
                     progress=not args.no_progress, run=not args.figures_only, figures=not args.no_figures,
                     dry_run=args.dry_run, worker_argv=worker, jobs=args.jobs,
-                    root=Path(args.experiments) if args.experiments else EXPERIMENTS_DIR)
+                    root=Path(args.experiments) if args.experiments else EXPERIMENTS_DIR,
+                    evaluators=Path(args.evaluators) if args.evaluators else out / "evaluators")
     if args.dry_run:
         done = sum(1 for r in res.runs if (r.path / "metrics.jsonl").exists())
         print(f"{len(res.runs)} runs ({done} started or finished)")

@@ -275,3 +275,52 @@ def list_evaluators(cache_dir: str | Path | None = None) -> list[EvaluatorInfo]:
         info.path = str(p.with_suffix(".pt"))
         out.append(info)
     return out
+
+
+def seed_cache(folder: str | Path, cache_dir: str | Path | None = None) -> list[str]:
+    """Put the trained evaluators kept in ``folder`` (``.pt`` + ``.json``, named as in the
+    cache) into the cache where it lacks them, so that every machine trains against and
+    scores with the same classifiers (two trainings on different CPUs drift apart).
+    Returns the names copied; raises where the cache holds other weights under a name."""
+    import shutil
+
+    src, cache = Path(folder), Path(cache_dir) if cache_dir else default_cache_dir()
+    copied = []
+    for f in sorted(src.glob("*.pt")):
+        dst = cache / f.name
+        if not dst.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            for part in (f, f.with_suffix(".json")):
+                if part.is_file():
+                    shutil.copy2(part, cache / part.name)
+            copied.append(f.name)
+        elif dst.read_bytes() != f.read_bytes():
+            raise PsflError(f"{dst} differs from {f}: this cache holds other weights under the same name "
+                            f"(trained on another machine); move it away to use the kept ones")
+    return copied
+
+
+def keep_evaluators(used: dict[str, str | None], folder: str | Path) -> tuple[list[str], list[str]]:
+    """Copy the cached evaluators ``used`` (``.pt`` path -> the weights digest a run
+    recorded, or None) into ``folder`` where it lacks them, so that they can be committed
+    with the results they scored; the ``.json`` beside each goes along. A file whose
+    weights no longer have the recorded digest (retrained since) is not copied.
+    Returns (names copied, notes on the ones skipped)."""
+    import shutil
+
+    from psfl.methods.base import state_digest
+
+    dst = Path(folder)
+    copied, notes = [], []
+    for p, digest in ((Path(k), v) for k, v in used.items()):
+        if not p.is_file() or (dst / p.name).is_file():
+            continue
+        if digest and state_digest(load_classifier_checkpoint(p).state_dict()) != digest:
+            notes.append(f"{p} now holds other weights than the runs used ({digest}); not kept")
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for part in (p, p.with_suffix(".json")):
+            if part.is_file():
+                shutil.copy2(part, dst / part.name)
+        copied.append(p.name)
+    return copied, notes
