@@ -273,7 +273,8 @@ def execute(run: PlannedRun, progress: bool = True, device: Any = "cpu",
         # a series' own overrides were checked against its method by plan()
         run_federated(cfg, run.path, resume=resume, progress=progress, device=device, command=command, strict=False)
     except RunLockedError:
-        return "locked"  # another worker has it
+        log(f"psfl reproduce: {run.key}: another worker has it; next")
+        return "locked"
     return "ran"
 
 
