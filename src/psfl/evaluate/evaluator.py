@@ -308,7 +308,7 @@ def keep_evaluators(used: dict[str, str | None], folder: str | Path) -> tuple[li
     Returns (names copied, notes on the ones skipped)."""
     import shutil
 
-    from psfl.methods.base import state_digest
+    from psfl.models.checkpoints import state_digest
 
     dst = Path(folder)
     copied, notes = [], []

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from psfl.config import RunConfig, channel_kwargs
 from psfl.errors import DivergenceError
+from psfl.models.checkpoints import state_digest  # noqa: F401  (re-exported: a model's identity)
 from psfl.optim import make_optimizer  # noqa: F401  (re-exported for methods)
 from psfl.registry import Registry
 
@@ -333,18 +334,6 @@ def _frozen(clf: nn.Module) -> nn.Module:
     for p in clf.parameters():
         p.requires_grad_(False)
     return clf
-
-
-def state_digest(state: dict[str, Tensor]) -> str:
-    """Content hash of a state dict (names, shapes, dtypes, bytes): a model's identity."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    for k in sorted(state):
-        v = state[k].detach().cpu().contiguous()
-        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
-        h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
-    return h.hexdigest()
 
 
 def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device = "cpu") -> FederatedEnv:

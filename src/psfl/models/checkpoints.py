@@ -182,3 +182,15 @@ def load_model_checkpoint(path: str | Path, device: torch.device | str | None = 
     if device is not None:
         model.to(device)
     return model
+
+
+def state_digest(state: dict[str, Tensor]) -> str:
+    """Content hash of a state dict (names, shapes, dtypes, bytes): a model's identity."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+    return h.hexdigest()
