@@ -205,7 +205,7 @@ def test_kept_evaluators_seed_a_fresh_cache_and_refuse_other_weights(tmp_path):
     from psfl.evaluate.classifiers import create_classifier
     from psfl.evaluate.evaluator import (EvaluatorInfo, _save, keep_evaluators, load_classifier_checkpoint,
                                          seed_cache)
-    from psfl.methods.base import state_digest
+    from psfl.models.checkpoints import state_digest
 
     def make(path, seed):
         torch.manual_seed(seed)

@@ -282,21 +282,16 @@ def seed_cache(folder: str | Path, cache_dir: str | Path | None = None) -> list[
     cache) into the cache where it lacks them, so that every machine trains against and
     scores with the same classifiers (two trainings on different CPUs drift apart).
     Returns the names copied; raises where the cache holds other weights under a name."""
-    import shutil
-
     src, cache = Path(folder), Path(cache_dir) if cache_dir else default_cache_dir()
     copied = []
     for f in sorted(src.glob("*.pt")):
         dst = cache / f.name
         if not dst.is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            for part in (f, f.with_suffix(".json")):
-                if part.is_file():
-                    shutil.copy2(part, cache / part.name)
+            _copy_with_sidecar(f, cache)
             copied.append(f.name)
         elif dst.read_bytes() != f.read_bytes():
             raise PsflError(f"{dst} differs from {f}: this cache holds other weights under the same name "
-                            f"(trained on another machine); move it away to use the kept ones")
+                            "(trained on another machine); move it away to use the kept ones")
     return copied
 
 
@@ -306,8 +301,6 @@ def keep_evaluators(used: dict[str, str | None], folder: str | Path) -> tuple[li
     with the results they scored; the ``.json`` beside each goes along. A file whose
     weights no longer have the recorded digest (retrained since) is not copied.
     Returns (names copied, notes on the ones skipped)."""
-    import shutil
-
     from psfl.models.checkpoints import state_digest
 
     dst = Path(folder)
@@ -318,9 +311,16 @@ def keep_evaluators(used: dict[str, str | None], folder: str | Path) -> tuple[li
         if digest and state_digest(load_classifier_checkpoint(p).state_dict()) != digest:
             notes.append(f"{p} now holds other weights than the runs used ({digest}); not kept")
             continue
-        dst.mkdir(parents=True, exist_ok=True)
-        for part in (p, p.with_suffix(".json")):
-            if part.is_file():
-                shutil.copy2(part, dst / part.name)
+        _copy_with_sidecar(p, dst)
         copied.append(p.name)
     return copied, notes
+
+
+def _copy_with_sidecar(pt: Path, folder: Path) -> None:
+    """Copy an evaluator ``.pt`` and the ``.json`` beside it (if any) into ``folder``."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in (pt, pt.with_suffix(".json")):
+        if part.is_file():
+            shutil.copy2(part, folder / part.name)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from psfl.config import RunConfig, channel_kwargs
 from psfl.errors import DivergenceError
-from psfl.models.checkpoints import state_digest  # noqa: F401  (re-exported: a model's identity)
+from psfl.models.checkpoints import state_digest
 from psfl.optim import make_optimizer  # noqa: F401  (re-exported for methods)
 from psfl.registry import Registry
 
