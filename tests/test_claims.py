@@ -5,7 +5,7 @@ import pytest
 
 from psfl.claims import Link, judge, link, overall
 from psfl.experiments import load_experiment
-from psfl.figures import FigureInput
+from psfl.figures import FigureInput, panel_notes
 
 
 def rec(acc, mentor=None, student=None, energy=1.0):
@@ -55,3 +55,34 @@ def test_unfinished_runs_do_not_count():
                       {}, {"mnist": 6})
     lk = link(inp, "mnist", ("PSFL", "global_accuracy"), ("PSFL w/o PLD", "global_accuracy"), ">")
     assert lk.verdict == "missing" and overall([lk]) == "not run"
+
+
+def _prov(folder, loss_digest, scorer_digest):
+    import json
+    folder.mkdir(parents=True)
+    (folder / "provenance.json").write_text(json.dumps({"evaluators": {
+        "loss_classifier": {"weights_blake2b": loss_digest}, "scorer": {"weights_blake2b": scorer_digest}}}))
+    return folder
+
+
+def test_runs_with_other_evaluators_are_not_compared(tmp_path):
+    """A gap that holds when every run used the same classifiers becomes 'not comparable'
+    (and stops counting as holding) when one seed of one series was scored by another
+    scorer, or trained against another loss classifier."""
+    exp = load_experiment("fig10")
+    records = {("mnist", "PSFL"): runs([0.7, 0.71, 0.72]), ("mnist", "PSFL w/o PLD"): runs([0.4, 0.41, 0.42])}
+
+    def judged(digests):
+        paths = {key: {s: _prov(tmp_path / f"{len(list(tmp_path.iterdir()))}", *digests.get((key[1], s), ("L", "S")))
+                       for s in range(3)} for key in records}
+        inp = FigureInput(exp, ["mnist"], {}, records, paths, {"mnist": 6})
+        notes = "".join(panel_notes(inp))
+        return link(inp, "mnist", ("PSFL", "global_accuracy"), ("PSFL w/o PLD", "global_accuracy"), ">"), notes
+
+    same, notes = judged({})
+    assert same.verdict == "holds" and "different evaluators" not in notes
+    other_scorer, notes = judged({("PSFL w/o PLD", 2): ("L", "S2")})
+    assert other_scorer.verdict.startswith("not comparable") and not other_scorer.ok
+    assert overall([other_scorer, same]).startswith("not comparable")
+    assert "mnist: runs with different evaluators" in notes and "L/S2" in notes  # the figure's table says it too
+    assert judged({("PSFL", 0): ("L2", "S")})[0].verdict.startswith("not comparable")

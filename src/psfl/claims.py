@@ -7,7 +7,9 @@ is *reversed* when it is below minus twice that, and is *within noise* otherwise
 seed, or for the pooled energy values of Fig. 13, there is no error bar and the sign decides
 (said in the table). ``A >= B`` holds unless reversed. A claim over several links or datasets holds when every link holds,
 partly when some do, and does not hold when none does. The rule is fixed before looking at
-the numbers and is the same for every method.
+the numbers and is the same for every method. Runs that trained against or were scored by
+other classifier weights (their provenance's digests differ) are not compared at all: the
+link and the claim say "not comparable".
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from psfl.figures import FigureInput, LAST, curves, last_mean
+from psfl.figures import FigureInput, LAST, curves, evaluators_of, last_mean
 
 
 @dataclass
@@ -28,12 +30,15 @@ class Link:
     d: float  # mean(a) - mean(b)
     se: float  # nan with one seed
     n: int
+    mixed: bool = False  # the runs compared were trained or scored with different evaluator weights
 
     @property
     def verdict(self) -> str:
         d = -self.d if self.rel == "<" else self.d
         if math.isnan(d):
             return "missing"
+        if self.mixed:
+            return "not comparable: different evaluators"
         if math.isnan(self.se) or self.se == 0:  # one seed, pooled values or identical seeds: the sign decides
             tag = "" if self.se == 0 else " (no error bar)"
             if d == 0:
@@ -63,20 +68,22 @@ def seed_values(inp: FigureInput, ds: str, label: str, metric: str) -> dict[int,
 
 def link(inp: FigureInput, ds: str, a: tuple[str, str], b: tuple[str, str], rel: str) -> Link:
     """``a``/``b``: (series label, metric). Paired over common seeds when both are metrics
-    of the same runs (same label), else Welch."""
+    of the same runs (same label), else Welch. Runs made with other evaluator weights (a
+    loss classifier or scorer trained on another machine) are not compared: the link says so."""
     va, vb = seed_values(inp, ds, *a), seed_values(inp, ds, *b)
     name_a = a[0] if a[1] == b[1] else f"{a[0]} {a[1]}"
     name_b = b[0] if a[1] == b[1] else f"{b[0]} {b[1]}"
     if not va or not vb:
         return Link(name_a, name_b, rel, math.nan, math.nan, 0)
+    mixed = len(evaluators_of(inp, ds, a[0]) | evaluators_of(inp, ds, b[0])) > 1
     if a[0] == b[0]:
         common = sorted(set(va) & set(vb))
         diff = np.array([va[s] - vb[s] for s in common])
         se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
-        return Link(name_a, name_b, rel, float(diff.mean()), float(se), len(diff))
+        return Link(name_a, name_b, rel, float(diff.mean()), float(se), len(diff), mixed)
     xa, xb = np.array(list(va.values())), np.array(list(vb.values()))
     se = math.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb)) if min(len(xa), len(xb)) > 1 else math.nan
-    return Link(name_a, name_b, rel, float(xa.mean() - xb.mean()), se, min(len(xa), len(xb)))
+    return Link(name_a, name_b, rel, float(xa.mean() - xb.mean()), se, min(len(xa), len(xb)), mixed)
 
 
 def chain(inp: FigureInput, ds: str, labels: Sequence[str], metric: str, rel: str = ">") -> list[Link]:
@@ -86,6 +93,8 @@ def chain(inp: FigureInput, ds: str, labels: Sequence[str], metric: str, rel: st
 def overall(links: Sequence[Link]) -> str:
     if not links or all(lk.verdict == "missing" for lk in links):
         return "not run"
+    if any(lk.mixed for lk in links):  # not a verdict on the method: the measurements differ
+        return "not comparable (runs with different evaluators)"
     ok = sum(lk.ok for lk in links)  # a missing link counts as not holding
     return "holds" if ok == len(links) else "partly" if ok else "does not hold"
 

@@ -10,6 +10,7 @@ the mean over the finished seeds with a ±1 sd band. A per-round value comes fro
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,36 @@ FIGURES: Registry[Figure] = Registry("figure kind")
 
 
 # ------------------------------------------------------------------ data helpers
+def _run_evaluators(path: Path) -> tuple[str, str]:
+    """The weights digests of the loss classifier and the scorer a run used (its provenance)."""
+    try:
+        ev = json.loads((path / "provenance.json").read_text())["evaluators"]
+        return ev["loss_classifier"]["weights_blake2b"], ev["scorer"]["weights_blake2b"]
+    except (OSError, KeyError, ValueError) as e:
+        return (f"unknown ({type(e).__name__})",) * 2
+
+
+def evaluators_of(inp: FigureInput, ds: str, label: str) -> set[tuple[str, str]]:
+    """The (loss classifier, scorer) digests of a series' finished runs: one element when
+    every seed trained against and was scored by the same classifiers."""
+    done = {k for k, r in inp.records.get((ds, label), {}).items() if len(r) >= inp.rounds[ds]}
+    return {_run_evaluators(p) for k, p in inp.paths.get((ds, label), {}).items() if k in done}
+
+
+def panel_notes(inp: FigureInput) -> list[str]:
+    """Markdown notes under a figure's table: datasets not run, and panels whose series were
+    trained or scored with different evaluator weights (their numbers are not comparable)."""
+    notes = [f"\n**{ds}: not run.** {why}" for ds, why in inp.skipped.items()]
+    for ds in inp.datasets:
+        used = {s.label: evaluators_of(inp, ds, s.label) for s in inp.exp.series_for(ds)}
+        if len(set().union(*used.values())) > 1:
+            notes.append(f"\n**{ds}: runs with different evaluators** (loss classifier, scorer weights digests): "
+                         + "; ".join(f"{k}: {', '.join('/'.join(d[:8] for d in e) for e in sorted(v))}"
+                                     for k, v in used.items() if v)
+                         + ". Their accuracies are not comparable; re-run them with the same kept evaluators.")
+    return notes
+
+
 def curves(runs: dict[int, list[dict[str, Any]]], metric: str, rounds: int) -> np.ndarray:
     """(seeds, rounds) values of ``metric`` for the finished runs."""
     fn = SERIES_METRICS.get(metric).fn
@@ -135,8 +166,7 @@ def write_summary(inp: FigureInput, metrics: Sequence[str], out: Path, fmt: dict
                 cells.append(pm(v, fmt.get(m, "{:.3f}")))
             rows.append(row)
             lines.append("| " + " | ".join(cells) + " |")
-    for ds, why in inp.skipped.items():
-        lines.append(f"\n**{ds}: not run.** {why}")
+    lines += panel_notes(inp)
     md, cs = out / "summary.md", out / "summary.csv"
     md.write_text(f"# {inp.exp.title}\n\n" + "\n".join(lines) + "\n")
     with cs.open("w", newline="") as f:
@@ -336,8 +366,7 @@ def draw_energy(inp: FigureInput, out: Path) -> list[Path]:
                          "min": d.min(), "max": d.max(), "mean": d.mean()})
             lines.append(f"| {ds} | {s.label} | {d.size} | {med:.4g} | {q3 - q1:.4g} | {d.min():.4g} | "
                          f"{d.max():.4g} | {d.mean():.4g} |")
-    for ds, why in inp.skipped.items():
-        lines.append(f"\n**{ds}: not run.** {why}")
+    lines += panel_notes(inp)
     md, cs = out / "summary.md", out / "summary.csv"
     md.write_text(f"# {inp.exp.title}\n\n" + "\n".join(lines) + "\n")
     with cs.open("w", newline="") as f:
@@ -389,7 +418,6 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
     each series' seed-0 run (the lowest finished seed) at each SNR; grid columns:
     original, then one per (series, SNR). PSNR / SSIM / scorer accuracy per cell in CSV,
     beside the trivial baselines recorded in the run's provenance."""
-    import json
 
     import torch
 
@@ -452,8 +480,7 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
     lines += [f"| {r['dataset']} | {r['series']} | {r['snr_db']:g} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
               f"{r['scorer_accuracy']:.2f} | {r.get('baseline_dataset_mean_psnr', math.nan):.2f} / "
               f"{r.get('baseline_class_mean_psnr', math.nan):.2f} |" for r in rows]
-    for ds, why in inp.skipped.items():
-        lines.append(f"\n**{ds}: not run.** {why}")
+    lines += panel_notes(inp)
     lines += [f"\n**Not drawn:** {n}" for n in notes]
     (out / "summary.md").write_text(f"# {exp.title}\n\n" + "\n".join(lines) + "\n")
     return [*paths, path, out / "summary.md"]
