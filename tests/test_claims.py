@@ -1,4 +1,5 @@
 """The claim rule of psfl.claims against hand computations."""
+import json
 import math
 
 import pytest
@@ -58,7 +59,6 @@ def test_unfinished_runs_do_not_count():
 
 
 def _prov(folder, loss_digest, scorer_digest):
-    import json
     folder.mkdir(parents=True)
     (folder / "provenance.json").write_text(json.dumps({"evaluators": {
         "loss_classifier": {"weights_blake2b": loss_digest}, "scorer": {"weights_blake2b": scorer_digest}}}))

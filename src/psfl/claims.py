@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from psfl.figures import FigureInput, LAST, curves, evaluators_of, last_mean
+from psfl.figures import FigureInput, LAST, curves, evaluators_of, finished_seeds, last_mean
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Link:
 def seed_values(inp: FigureInput, ds: str, label: str, metric: str) -> dict[int, float]:
     runs = inp.records.get((ds, label), {})
     vals = last_mean(curves(runs, metric, inp.rounds[ds]))
-    seeds = sorted(k for k, r in runs.items() if len(r) >= inp.rounds[ds])
+    seeds = finished_seeds(inp, ds, label)
     return dict(zip(seeds, vals.tolist()))
 
 

@@ -87,11 +87,16 @@ def _run_evaluators(path: Path) -> tuple[str, str]:
         return (f"unknown ({type(e).__name__})",) * 2
 
 
+def finished_seeds(inp: FigureInput, ds: str, label: str) -> list[int]:
+    """The seeds of a series whose runs reached the figure's round count."""
+    return sorted(k for k, r in inp.records.get((ds, label), {}).items() if len(r) >= inp.rounds[ds])
+
+
 def evaluators_of(inp: FigureInput, ds: str, label: str) -> set[tuple[str, str]]:
     """The (loss classifier, scorer) digests of a series' finished runs: one element when
     every seed trained against and was scored by the same classifiers."""
-    done = {k for k, r in inp.records.get((ds, label), {}).items() if len(r) >= inp.rounds[ds]}
-    return {_run_evaluators(p) for k, p in inp.paths.get((ds, label), {}).items() if k in done}
+    paths = inp.paths.get((ds, label), {})
+    return {_run_evaluators(paths[k]) for k in finished_seeds(inp, ds, label) if k in paths}
 
 
 def panel_notes(inp: FigureInput) -> list[str]:
@@ -154,7 +159,7 @@ def write_summary(inp: FigureInput, metrics: Sequence[str], out: Path, fmt: dict
     for ds in inp.datasets:
         for s in inp.exp.series_for(ds):
             runs = inp.records.get((ds, s.label), {})
-            finished = sorted(k for k, r in runs.items() if len(r) >= inp.rounds[ds])
+            finished = finished_seeds(inp, ds, s.label)
             planned = sorted(inp.paths.get((ds, s.label), {}))
             row: dict[str, Any] = {"dataset": ds, "series": s.label, "seeds": " ".join(map(str, finished)),
                                    "planned_seeds": " ".join(map(str, planned))}
@@ -418,7 +423,6 @@ def draw_reconstructions(inp: FigureInput, out: Path) -> list[Path]:
     each series' seed-0 run (the lowest finished seed) at each SNR; grid columns:
     original, then one per (series, SNR). PSNR / SSIM / scorer accuracy per cell in CSV,
     beside the trivial baselines recorded in the run's provenance."""
-
     import torch
 
     from psfl import data as D
