@@ -81,6 +81,17 @@ def test_device_info_is_a_plain_record(tmp_path):
     assert torch.load(tmp_path / "c.pt", weights_only=True)["config"]["device"] == info  # weights-only safe
 
 
+def test_device_info_names_the_cpu_kernels_in_use():
+    """``capability`` is what torch runs, not what the CPU could: forcing the portable
+    kernels (as a slower CPU would get) shows in the record."""
+    code = "import json; from psfl.device import device_info; print(json.dumps(device_info('cpu')))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    assert out["capability"] == "DEFAULT"
+    assert device_info("cpu")["capability"] == torch.backends.cpu.get_cpu_capability()
+
+
 def test_module_device():
     assert module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     assert module_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters: cpu

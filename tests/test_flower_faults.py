@@ -5,7 +5,9 @@ the round. The server aggregates over the others and records the failure (round,
 client, reason) in metrics.jsonl; the global model is the one the in-process runner gets
 with that client lost every round."""
 import math
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,15 +29,18 @@ PLAN = {0: "nan", 1: "mask-violating", 2: "wrong shape", 3: "huge", 4: "truncate
 REASONS = {**REASON, "raise": "the client crashed", "late": f"no reply within {TIMEOUT_S:g} s"}
 
 
-def faulty_client_app() -> ClientApp:
+def faulty_client_app(seen: Path | None = None) -> ClientApp:
     """psfl's ClientApp, except client 1: each round it misbehaves as PLAN says (a
-    corrupted upload, an exception, a reply after the timeout)."""
+    corrupted upload, an exception, a reply after the timeout). ``seen``: each node
+    process writes its niceness there."""
     app = ClientApp()
     app.query()(flower._handle_query)
 
     @app.train()
     def train(msg, context):
         c = msg.content[flower.RECORD]
+        if seen is not None:
+            (seen / f"nice-{os.getpid()}").write_text(str(os.nice(0)))
         kind = PLAN[int(c["round"])] if int(c["cid"]) == BAD else None
         if kind == "raise":
             raise RuntimeError("the client crashed")
@@ -53,7 +58,12 @@ def faulty_client_app() -> ClientApp:
 def test_failing_nodes_are_recorded_and_left_out(tmp_path, cache):  # noqa: F811
     cfg = load_config(None, tiny_overrides(cache, rounds=len(PLAN)))
     lost = run_federated(cfg, tmp_path / "lost", progress=False, executor=hostile_executor(BAD, fail=True)).records
-    got = flower.run_simulation(cfg, tmp_path / "flower", timeout_s=TIMEOUT_S, client_app=faulty_client_app()).records
+    (seen := tmp_path / "nice").mkdir()
+    got = flower.run_simulation(cfg, tmp_path / "flower", timeout_s=TIMEOUT_S,
+                                client_app=faulty_client_app(seen)).records
+    # the simulated clients run at this process's priority, not Ray's default nice 15 (which
+    # starves them, and so trips TIMEOUT_S, whenever anything else runs)
+    assert {p.read_text() for p in seen.iterdir()} == {str(os.nice(0))}
     assert len(got) == len(PLAN)
     for r in got:
         kind = PLAN[r["round"]]

@@ -58,21 +58,33 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
-def _cpu_name() -> str:
+def _cpu_fields() -> dict[str, str]:
+    """The CPU's model name and, since a virtual machine's name can be as bare as "AMD
+    EPYC", its family / model numbers (which tell its generation, and so its speed and its
+    float rounding) and the SIMD kernels torch picked (``ATEN_CPU_CAPABILITY`` changes them)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    out = {"name": fields.get("model name") or platform.processor() or platform.machine()}
+    if "cpu family" in fields:
+        out["cpu_id"] = f"family {fields['cpu family']} model {fields.get('model', '?')}"
+    out["capability"] = torch.backends.cpu.get_cpu_capability()
+    return out
 
 
 def device_info(device: torch.device | str) -> dict[str, Any]:
     """Provenance of ``device`` for run records: ``device``, ``type``, ``name`` (GPU or
     CPU model), ``torch``, ``cuda`` (toolkit torch was built with, None if none),
-    ``threads`` (torch CPU threads) and, on a GPU, ``capability``, ``memory_gib``,
+    ``threads`` (torch CPU threads), on a CPU ``cpu_id`` and ``capability`` (SIMD kernels) and, on a GPU, ``capability``, ``memory_gib``,
     ``cudnn``."""
     dev = resolve_device(device)
     info: dict[str, Any] = {"device": str(dev), "type": dev.type, "torch": str(torch.__version__),
@@ -82,7 +94,7 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
         info.update(name=torch.cuda.get_device_name(dev), capability=f"{props.major}.{props.minor}",
                     memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version())
     else:
-        info["name"] = _cpu_name()
+        info.update(_cpu_fields())
     return info
 
 

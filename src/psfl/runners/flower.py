@@ -281,6 +281,8 @@ def _wait_for_nodes(grid, k: int, timeout_s: float) -> list[int]:
     return nodes
 
 
+RAY_NICENESS_ENV = "RAY_worker_niceness"  # read by Ray's raylet when the simulation starts it
+
 NODE_START_S = 180.0  # the first query waits this long at least: a node builds its client (data shard,
 # models) before it answers, which takes far longer than a round on a busy machine
 
@@ -295,9 +297,12 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
 
     text = dump_config(cfg)
     nodes = _wait_for_nodes(grid, cfg.data.num_clients, timeout_s)
-    replies = grid.send_and_receive([Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
-                                             message_type="query") for n in nodes],
-                                    timeout=max(timeout_s, NODE_START_S))
+    wait_s = max(timeout_s, NODE_START_S)
+    replies = list(grid.send_and_receive([Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
+                                                  message_type="query") for n in nodes], timeout=wait_s))
+    if len(replies) < len(nodes):
+        raise PsflError(f"{len(nodes) - len(replies)} of {len(nodes)} Flower nodes did not say their client id "
+                        f"within {wait_s:.0f} s (nodes that never started, or starved of CPU)")
     node_of: dict[int, int] = {}
     for r in replies:
         if r.has_error():
@@ -499,6 +504,11 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
     server = make_server_app(ServerRun(cfg, Path(run_dir), resume, device, timeout_s, command, strict), progress,
                              result)
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Ray starts its workers (here: the simulated clients, i.e. all of the run's training) at
+    # nice 15, so anything else on the machine starves them: beside two training processes on
+    # 2 cores a 3-client tiny run took 411 s, at the driver's priority 53 s. A user's own
+    # RAY_worker_niceness wins.
+    os.environ.setdefault(RAY_NICENESS_ENV, "0")
     os.environ[STATE_DIR_ENV] = str(Path(run_dir).resolve() / "nodes")  # inherited by the simulated nodes
     flwr_run_simulation(server, client_app or make_client_app(), num_supernodes=cfg.data.num_clients,
                         backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
