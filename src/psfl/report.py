@@ -143,10 +143,13 @@ def format_table(rows: Sequence[tuple[str, str]]) -> str:
     return "\n".join([line] + [f"{a:<{w}} | {b}" for a, b in rows] + [line])
 
 
-def write_report(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+def write_report(records: Sequence[dict[str, Any]], out_dir: Path, plots: bool = True) -> list[Path]:
+    """summary.txt and (``plots``) the run's PNGs in ``out_dir``; returns the PNGs' paths."""
     out_dir = Path(out_dir)
-    paths = plot_mentor_student(records, out_dir)
-    paths.append(plot_energy(records, out_dir))
-    paths.append(plot_psnr(records, out_dir, read_provenance(out_dir).get("baselines", {})))
+    paths: list[Path] = []
+    if plots:
+        paths = plot_mentor_student(records, out_dir)
+        paths.append(plot_energy(records, out_dir))
+        paths.append(plot_psnr(records, out_dir, read_provenance(out_dir).get("baselines", {})))
     (out_dir / "summary.txt").write_text(format_table(summary_rows(records, out_dir)) + "\n")
     return paths

@@ -21,6 +21,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (default: refuse; --resume continues it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write the metrics and summary.txt but draw no PNGs (a sweep of many runs; "
+                        "`psfl report RUN_DIR` draws them later)")
     p.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
                    help="inprocess (default) or flower: Flower's simulation engine, one virtual SuperNode "
                         "per client (needs pip install 'psfl[flower]')")
@@ -87,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = run_federated(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                                command=["psfl", *sys.argv[1:]], device=device, overwrite=args.overwrite)
-    paths = write_report(result.records, run_dir)
+    paths = write_report(result.records, run_dir, plots=not args.no_plots)
     print(format_table(summary_rows(result.records, run_dir)))
-    print(f"run directory: {run_dir}  (metrics.jsonl, checkpoint.pt, config.toml, provenance.json, "
-          + ", ".join(p.name for p in paths) + ")")
+    files = ["metrics.jsonl", "checkpoint.pt", "config.toml", "provenance.json", "summary.txt", *(p.name for p in paths)]
+    print(f"run directory: {run_dir}  ({', '.join(files)})")
     return 0
