@@ -143,10 +143,11 @@ def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method):
     for i, field in enumerate(fields):
         value, context = values[field] if isinstance(values[field], tuple) else (values[field], [])
         if tuple(context) not in refs:
-            rc, refs[tuple(context)] = run(list(context), f"base{len(refs)}")
+            name = f"base{len(refs)}"
+            rc, refs[tuple(context)] = run(list(context), name)
             assert rc == 0
-            drawn = tmp_path / "runs" / f"base{len(refs) - 1}"
-            assert (drawn / "summary.txt").is_file() and not list(drawn.glob("*.png"))  # --no-plots
+            base = tmp_path / "runs" / name
+            assert (base / "summary.txt").is_file() and not list(base.glob("*.png"))  # --no-plots
         rc, dig = run([*context, f"{field}={value}"], f"f{i}")
         assert rc in (0, 2, 3), (field, rc)  # 3: the setting stopped the run (e.g. too few clients)
         if rc == 0 and dig == refs[tuple(context)]:

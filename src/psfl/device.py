@@ -84,8 +84,8 @@ def _cpu_fields() -> dict[str, str]:
 def device_info(device: torch.device | str) -> dict[str, Any]:
     """Provenance of ``device`` for run records: ``device``, ``type``, ``name`` (GPU or
     CPU model), ``torch``, ``cuda`` (toolkit torch was built with, None if none),
-    ``threads`` (torch CPU threads), on a CPU ``cpu_id`` and ``capability`` (SIMD kernels) and, on a GPU, ``capability``, ``memory_gib``,
-    ``cudnn``."""
+    ``threads`` (torch CPU threads); on a CPU ``cpu_id`` and ``capability`` (the SIMD
+    kernels in use), on a GPU ``capability``, ``memory_gib``, ``cudnn``."""
     dev = resolve_device(device)
     info: dict[str, Any] = {"device": str(dev), "type": dev.type, "torch": str(torch.__version__),
                             "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
