@@ -58,6 +58,7 @@ raw_text = st.text(max_size=20)  # not necessarily TOML: the loader must say so
 @given(st.lists(st.tuples(st.sampled_from(FIELDS + ["nope.field", "method_options.psfl.x"]),
                           st.one_of(values.map(toml), raw_text)), min_size=1, max_size=3))
 @example([("evaluator.cache_dir", '"\\u0000"')])  # found by hypothesis: a NUL in a path was a ValueError
+@example([("agp.bn_recalibration", "inf")])  # found by hypothesis: int(inf) was an OverflowError
 def test_random_config_values_are_accepted_or_one_clear_error(items):
     from psfl.methods import check_run_config
 

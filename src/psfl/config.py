@@ -458,7 +458,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise PsflError(f"config field {name}: expected a number, got {value!r}")
         try:
             out = tp(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise PsflError(f"config field {name}: expected {tp.__name__}, got {value!r}") from None
         if tp is int and isinstance(value, float) and value != int(value):
             raise PsflError(f"config field {name}: expected an integer, got {value!r}")
