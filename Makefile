@@ -20,12 +20,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/psfl run
 
-## The test suite (slow tests excluded; `make test-all` runs them too).
+## The test suite (slow tests excluded; `make test-all` runs them too), on TEST_WORKERS
+## pytest-xdist workers (one per core here; tests/conftest.py splits the threads).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m ''
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

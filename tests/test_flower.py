@@ -14,6 +14,8 @@ from psfl.runners.flower import run_simulation  # noqa: E402
 
 from test_runner import cache, strip_timing, tiny_overrides  # noqa: E402,F401
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
+
 
 def _strip(records):
     return json.loads(json.dumps(strip_timing(records)))

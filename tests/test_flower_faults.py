@@ -23,6 +23,8 @@ from psfl.runners import flower  # noqa: E402
 from test_runner import cache, tiny_overrides  # noqa: E402,F401
 from test_screen import CORRUPT, REASON, hostile_executor  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
+
 TIMEOUT_S = 30.0  # a tiny round of 3 clients takes seconds (round 0 builds the nodes: < 15 s on 2 busy cores)
 BAD = 1
 PLAN = {0: "nan", 1: "mask-violating", 2: "wrong shape", 3: "huge", 4: "truncated", 5: "raise", 6: "late"}

@@ -110,15 +110,31 @@ SWEEP_METHODS = ["psfl"] + [pytest.param(m, marks=pytest.mark.slow) for m in
                              "fedprox", "fedkd", "psfl-plus")]
 
 
-@pytest.mark.parametrize("method", SWEEP_METHODS)
-def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method):
-    """A non-default value of each field either changes the run (metrics or recorded
-    provenance) or is rejected with exit 2; no field is silently inert. PSFL runs by
-    default; the other methods (`make test-all`) check their ``unused_fields``."""
+# The sweep in parts of about a dozen fields each, so that `make test`'s workers share it.
+SWEEP_GROUPS = {"train": ("train",), "data": ("data",), "agp": ("agp",), "evaluator": ("evaluator",),
+                "server-channel": ("server", "channel"),
+                "rest": ("model", "privacy", "energy", "method", "method_options", "seed", "rounds", "threads")}
+
+
+def test_the_sweep_covers_every_config_field(tmp_path, cache):
     values = _sweep_values(tmp_path, cache)
     fields = list(_all_fields())
     missing = [f for f in fields if f not in values]
     assert not missing, f"add a sweep value for {missing}"
+    grouped = [f for f in fields if f.split(".")[0] in {s for g in SWEEP_GROUPS.values() for s in g}]
+    assert grouped == fields, f"add a SWEEP_GROUPS section for {sorted(set(fields) - set(grouped))}"
+
+
+@pytest.mark.parametrize("group", list(SWEEP_GROUPS))
+@pytest.mark.parametrize("method", SWEEP_METHODS)
+def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method, group):
+    """A non-default value of each field (of one SWEEP_GROUPS part) either changes the run
+    (metrics or recorded provenance) or is rejected with exit 2; no field is silently
+    inert. PSFL runs by default; the other methods (`make test-all`) check their
+    ``unused_fields``."""
+    values = _sweep_values(tmp_path, cache)
+    fields = [f for f in _all_fields() if f.split(".")[0] in SWEEP_GROUPS[group]]
+    assert fields
     if method != "psfl":
         values["method"] = '"psfl"'  # a change of method must change the run
         values["method_options"] = "{%s}" % {

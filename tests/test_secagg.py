@@ -21,6 +21,8 @@ from psfl.runners import flower  # noqa: E402
 
 from test_runner import cache, tiny_overrides  # noqa: E402,F401
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
+
 SECURE = ["server.secure_aggregation=true"]
 CLIP = 8.0  # server.secagg_clip default
 LEVELS = 2 ** 22  # SecAgg+'s quantisation range (flwr's default)
