@@ -5,6 +5,10 @@ machine). Each worker then gets ``cpus // workers`` torch threads (at most the
 ``OMP_NUM_THREADS`` it was given), and so do the subprocesses that tests start, so that
 the workers do not oversubscribe the cores. Runs set ``threads`` from their config and
 torch keeps it process-wide, so the budget is set again before every test.
+
+The evaluator cache (``cache``) is one folder for the whole session, shared by the
+workers: the tiny runs' two classifiers are trained once (under a file lock), not once
+per test module and worker.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 
 import pytest
 import torch
+from filelock import FileLock
 
 
 def _worker_threads() -> int | None:
@@ -33,3 +38,53 @@ def _thread_budget():
     if _THREADS is not None:
         torch.set_num_threads(_THREADS)
     yield
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """The session's evaluator cache (``evaluator.cache_dir`` of ``tiny_overrides``), with
+    the two classifiers of a tiny run on the bundled Fashion-MNIST sample already in it.
+    Tests only add to it (evaluators are written atomically, keyed by every setting that
+    changes their weights), so sharing it changes no test's outcome."""
+    from psfl.config import RunConfig
+    from psfl.evaluate import load_evaluator
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base temps are siblings under the session's
+    path = root / "psfl-evaluator-cache"
+    with FileLock(str(root / "psfl-evaluator-cache.lock")):
+        ready = path / ".ready"
+        if not ready.is_file():
+            ev = RunConfig().evaluator
+            for arch, seed in ((ev.arch, ev.seed), (ev.score_arch, ev.score_seed)):
+                load_evaluator("fashion_mnist", arch=arch, epochs=1, seed=seed, cache_dir=path, progress=False)
+            ready.touch()
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_run(cache, tmp_path_factory):
+    """``reference_run(rounds, copy_to=None)``: the overrides and records of an uninterrupted
+    tiny PSFL run of ``rounds`` rounds (``tiny_overrides``), made once per worker: the run
+    that a killed, damaged or resumed run must equal. ``copy_to``: a copy of its run folder
+    there, to damage or resume."""
+    import shutil
+
+    from psfl.config import load_config
+    from psfl.runners.inprocess import run_federated
+    from test_runner import tiny_overrides
+
+    made: dict[int, tuple[list[str], list[dict], object]] = {}
+
+    def get(rounds: int, copy_to=None) -> tuple[list[str], list[dict]]:
+        if rounds not in made:
+            over = tiny_overrides(cache, rounds=rounds)
+            out = tmp_path_factory.mktemp(f"reference-{rounds}") / "run"
+            made[rounds] = over, run_federated(load_config(None, over), out, progress=False).records, out
+        over, records, out = made[rounds]
+        if copy_to is not None:
+            shutil.copytree(out, copy_to)
+        return list(over), [dict(r) for r in records]
+
+    return get

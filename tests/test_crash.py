@@ -60,17 +60,11 @@ sys.exit(main(sys.argv[3:]))
 '''
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 @pytest.mark.parametrize("point,n", [("train", 3 + 2), ("aggregate", 2), ("checkpoint", 2)])
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, cache, point, n):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, reference_run, point, n):
     """3 clients, 3 rounds: killed in round 2 (during the second client's training; in the server's FedAvg;
     the checkpoint after round 2)."""
-    over = tiny_overrides(cache, rounds=3)
-    full = run_federated(load_config(None, over), tmp_path / "full", progress=False).records
+    over, full = reference_run(3)
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-c", KILLER, point, str(n), "run", "--no-progress", "--out", str(run_dir)]
     for o in over:

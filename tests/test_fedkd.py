@@ -54,8 +54,7 @@ def test_distillation_weight_is_one_over_the_sum_of_task_losses():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("psfl-cache")
+def env(cache):
     return build_env(load_config(None, tiny_overrides(cache, rounds=3, method="fedkd")), progress=False)
 
 

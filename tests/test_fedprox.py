@@ -13,11 +13,6 @@ from psfl.runners.inprocess import run_federated
 from test_runner import strip_timing, tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 def _numbers(records):
     return [{k: v for k, v in r.items() if k != "method"} for r in strip_timing(records)]
 

@@ -12,7 +12,7 @@ flwr = pytest.importorskip("flwr", reason="the flower extra is not installed")
 
 from psfl.runners.flower import run_simulation  # noqa: E402
 
-from test_runner import cache, strip_timing, tiny_overrides  # noqa: E402,F401
+from test_runner import strip_timing, tiny_overrides  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
 
@@ -24,9 +24,11 @@ def _strip(records):
 DP = ["privacy.clip=1.0", "privacy.noise_multiplier=0.5"]  # client-level DP: the noise is drawn on the client
 
 
-@pytest.mark.parametrize("method,extra", [("psfl", []), ("psfl", DP), pytest.param("stc", [], marks=pytest.mark.slow),
+# plain PSFL (`make test-all`): the DP case runs the same path with the noise added
+@pytest.mark.parametrize("method,extra", [pytest.param("psfl", [], marks=pytest.mark.slow), ("psfl", DP),
+                                          pytest.param("stc", [], marks=pytest.mark.slow),
                                           pytest.param("fedpaq", [], marks=pytest.mark.slow)])
-def test_flower_simulation_equals_in_process(tmp_path, cache, method, extra):  # noqa: F811
+def test_flower_simulation_equals_in_process(tmp_path, cache, method, extra):
     """The order of operations is the same (clients sorted by id before the energy and
     aggregation sums), so the per-round metrics are equal exactly, not within a tolerance;
     with differential privacy too (each client's noise comes from its seeded generator),
@@ -39,7 +41,7 @@ def test_flower_simulation_equals_in_process(tmp_path, cache, method, extra):  #
     assert (tmp_path / "flower" / "metrics.jsonl").is_file() and (tmp_path / "flower" / "provenance.json").is_file()
 
 
-def test_compare_on_flower_equals_compare_in_process(tmp_path, cache):  # noqa: F811
+def test_compare_on_flower_equals_compare_in_process(tmp_path, cache):
     """`psfl compare --engine flower`: every method a Flower simulation, the comparison's
     per-round metrics and table equal the in-process comparison's (PSFL's config shared
     by fedavg-csc, which ignores PSFL's settings: the non-strict path)."""
@@ -57,7 +59,7 @@ def test_compare_on_flower_equals_compare_in_process(tmp_path, cache):  # noqa: 
 
 
 @pytest.mark.slow  # three Flower simulations
-def test_flower_resume_continues_from_node_state(tmp_path, cache):  # noqa: F811
+def test_flower_resume_continues_from_node_state(tmp_path, cache):
     """One round on Flower, then a resumed second round (a new simulation: the nodes'
     contexts are empty and their states come from <run>/nodes/) equals two rounds in
     process: the mentors carried over."""

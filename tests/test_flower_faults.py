@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 
 from psfl.runners import flower  # noqa: E402
 
-from test_runner import cache, tiny_overrides  # noqa: E402,F401
+from test_runner import tiny_overrides  # noqa: E402
 from test_screen import CORRUPT, REASON, hostile_executor  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
@@ -57,7 +57,7 @@ def faulty_client_app(seen: Path | None = None) -> ClientApp:
     return app
 
 
-def test_failing_nodes_are_recorded_and_left_out(tmp_path, cache):  # noqa: F811
+def test_failing_nodes_are_recorded_and_left_out(tmp_path, cache):
     cfg = load_config(None, tiny_overrides(cache, rounds=len(PLAN)))
     lost = run_federated(cfg, tmp_path / "lost", progress=False, executor=hostile_executor(BAD, fail=True)).records
     (seen := tmp_path / "nice").mkdir()

@@ -15,11 +15,6 @@ from test_runner import tiny_overrides  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache-methods")
-
-
-@pytest.fixture(scope="module")
 def env(cache):
     return build_env(load_config(None, tiny_overrides(cache, rounds=2)))
 

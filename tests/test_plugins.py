@@ -69,11 +69,6 @@ def plugin_root(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 def _myavg(root: Path, name: str = "myavg") -> None:
     make_dist(root, "mypkg", f"{name} = mypkg.mod:MyAvg\n", {"mypkg/__init__.py": "", "mypkg/mod.py": MYAVG})
 

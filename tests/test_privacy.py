@@ -13,11 +13,6 @@ from psfl.runners.inprocess import run_federated
 from test_runner import tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 def test_update_is_clipped_to_the_norm_and_noised_with_sigma_times_clip():
     g = torch.Generator().manual_seed(0)
     start = {"w": torch.zeros(3, 4), "b": torch.ones(4), "n": torch.tensor(5)}

@@ -22,11 +22,6 @@ from test_runner import strip_timing, tiny_overrides
 VOLATILE = ("started", "command", "git_commit")  # provenance entries that differ between identical runs
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 def _fmnist_dir(tmp: Path) -> Path:
     from psfl.data.datasets import DATASETS, bundled_path
 
@@ -171,13 +166,12 @@ def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method, gro
     assert not inert, f"fields accepted but without any effect: {inert}"
 
 
-def test_resume_extends_rounds_and_refuses_other_changes(tmp_path, cache, capsys):
-    over = tiny_overrides(cache, rounds=2)
-    full = run_federated(load_config(None, tiny_overrides(cache, rounds=3)), tmp_path / "full", progress=False)
+def test_resume_extends_rounds_and_refuses_other_changes(tmp_path, reference_run, capsys):
+    _, full = reference_run(3)
     part = tmp_path / "part"
-    run_federated(load_config(None, over), part, progress=False)
+    reference_run(2, copy_to=part)
     assert main(["run", "--resume", str(part), "--no-progress", "--set", "rounds=3"]) == 0
-    assert strip_timing(read_records(part / "metrics.jsonl")) == strip_timing(full.records)
+    assert strip_timing(read_records(part / "metrics.jsonl")) == strip_timing(full)
     assert "rounds = 3" in (part / "config.toml").read_text()
     prov = json.loads((part / "provenance.json").read_text())
     assert prov["resumes"][0]["at_round"] == 2

@@ -18,11 +18,11 @@ def _example() -> str:
     return re.findall(r"```python\n(.*?)```", section, re.S)[0]
 
 
-def test_readme_method_example_runs_and_holds_its_ball(tmp_path, capsys):
+def test_readme_method_example_runs_and_holds_its_ball(tmp_path, cache, capsys):
     namespace: dict = {"__name__": "readme_example"}
     exec(compile(_example(), "README.md", "exec"), namespace)
     try:
-        over = tiny_overrides(tmp_path / "cache", rounds=1, method="fedavg-ball")
+        over = tiny_overrides(cache, rounds=1, method="fedavg-ball")
         args = ["run", "--no-progress", "--out", str(tmp_path / "r")]
         for o in over + ["method_options.fedavg-ball.radius=0.01"]:
             args += ["--set", o]

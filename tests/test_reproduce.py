@@ -90,7 +90,7 @@ def test_bad_experiment_files_are_rejected(exp_dir):
         load_experiment("fig99", exp_dir)
 
 
-def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, capsys):
+def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, cache, capsys):
     from psfl.config import load_config
     from psfl.data import DATASETS
     from psfl.data.datasets import bundled_path
@@ -102,10 +102,10 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, capsys):
     out, runs = tmp_path / "results", tmp_path / "results" / "runs"
     argv = ["reproduce", "all", "--experiments", str(exp_dir), "--scale", "tiny", "--seeds", "0",
             "--data-dir", str(data), "--out", str(out), "--no-progress",
-            "--set", f"evaluator.cache_dir=\"{tmp_path / 'cache'}\""]
+            "--set", f"evaluator.cache_dir=\"{cache}\""]
     # one run interrupted after its first round: reproduce must resume it, not restart it
     interrupted = runs / "tiny" / "fashion_mnist" / "psfl-no-pld" / "seed0"
-    extra = [f"data.data_dir=\"{data}\"", f"evaluator.cache_dir=\"{tmp_path / 'cache'}\""]
+    extra = [f"data.data_dir=\"{data}\"", f"evaluator.cache_dir=\"{cache}\""]
     cfg = load_config(None, ['method="psfl-no-pld"', "seed=0"],
                       base=base_config(load_scale("tiny", exp_dir), "fashion_mnist", extra))
     run_federated(cfg, interrupted, progress=False, stop_after=1, strict=False)
@@ -116,7 +116,7 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, capsys):
     assert "resume fashion_mnist/psfl-no-pld/seed0" in log and log.count(" start ") == 14  # 15 runs, 1 resumed
     # the classifiers the runs trained against and were scored by are kept beside the results
     kept = sorted(p.name for p in (out / "evaluators").glob("*.pt"))
-    assert len(kept) == 4 and all((tmp_path / "cache" / k).read_bytes() == (out / "evaluators" / k).read_bytes()
+    assert len(kept) == 4 and all((cache / k).read_bytes() == (out / "evaluators" / k).read_bytes()
                                   for k in kept), kept
     assert {k.split("__")[0] for k in kept} == {"fashion_mnist", "cifar100"} and log.count("kept evaluator") == 4
     timing = ("time_s", "compute_s")

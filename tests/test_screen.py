@@ -17,11 +17,6 @@ from test_runner import tiny_overrides
 TIMING = ("time_s", "compute_s")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 def last_float(payload: bytes, value: float) -> bytes:
     """The payload with its last float32 (the last value of a dense entry) replaced."""
     return payload[:-4] + struct.pack("<f", value)

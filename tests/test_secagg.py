@@ -19,7 +19,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from psfl.runners import flower  # noqa: E402
 
-from test_runner import cache, tiny_overrides  # noqa: E402,F401
+from test_runner import tiny_overrides  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
 
@@ -41,7 +41,7 @@ class Spy(flower._SecAggGrid):
         return replies
 
 
-def test_secure_mean_equals_eq10_within_quantisation_and_hides_each_upload(tmp_path, cache, monkeypatch):  # noqa: F811
+def test_secure_mean_equals_eq10_within_quantisation_and_hides_each_upload(tmp_path, cache, monkeypatch):
     """One round of tiny PSFL: the global student after SecAgg+ equals the in-process
     Eq. 10 mean within SecAgg+'s quantisation (each of K clients rounds its weighted
     update to a grid of 2 clip / 2^22; the weights sum to >= 1 over the largest volume),
@@ -94,7 +94,7 @@ def load_start(over):
     return method.decode_broadcast(method.broadcast(0, snrs)[0])
 
 
-def test_secure_aggregation_is_refused_where_it_cannot_act(cache):  # noqa: F811
+def test_secure_aggregation_is_refused_where_it_cannot_act(cache):
     with pytest.raises(PsflError, match="server.secure_aggregation: method 'stc'"):
         check_run_config(load_config(None, tiny_overrides(cache, method="stc") + SECURE))
     with pytest.raises(PsflError, match="server.secure_aggregation"):
@@ -107,7 +107,7 @@ def test_secure_aggregation_is_refused_where_it_cannot_act(cache):  # noqa: F811
 
 
 @pytest.mark.slow  # one more Flower simulation
-def test_an_update_beyond_the_clip_range_fails_the_client_not_silently(tmp_path, cache, capfd):  # noqa: F811
+def test_an_update_beyond_the_clip_range_fails_the_client_not_silently(tmp_path, cache, capfd):
     over = tiny_overrides(cache, rounds=1) + SECURE + ["server.secagg_clip=1e-9"]
     with pytest.raises(RoundFailedError, match="round 1: 0 acceptable upload"):
         flower.run_simulation(load_config(None, over), tmp_path / "r")

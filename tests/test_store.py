@@ -17,11 +17,6 @@ from psfl.runners.store import read_records
 from test_runner import strip_timing, tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("psfl-cache")
-
-
 def run_args(out, over, *extra):
     args = ["run", "--no-progress", "--out", str(out), *extra]
     for o in over:
@@ -63,11 +58,10 @@ def test_second_writer_is_refused_while_the_first_runs(tmp_path, cache, capsys):
     assert [r["round"] for r in recs] == [0, 1, 2, 3] and "seed = 0" in (out / "config.toml").read_text()
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache, capsys):
-    over = tiny_overrides(cache, rounds=3)
-    full = run_federated(load_config(None, over), tmp_path / "full", progress=False).records
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference_run, capsys):
+    _, full = reference_run(3)
     run_dir = tmp_path / "r"
-    run_federated(load_config(None, over[:1] + ["rounds=2"] + over[2:]), run_dir, progress=False)
+    reference_run(2, copy_to=run_dir)
     data = (run_dir / "checkpoint.pt").read_bytes()
     (run_dir / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # torn by a crash or a bad disk
     capsys.readouterr()
@@ -77,9 +71,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cach
 
 
 @pytest.mark.parametrize("damage", [b"", b"not a zip file at all"])
-def test_no_readable_checkpoint_is_one_clear_error(tmp_path, cache, capsys, damage):
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path, reference_run, capsys, damage):
     run_dir = tmp_path / "r"
-    run_federated(load_config(None, tiny_overrides(cache, rounds=2)), run_dir, progress=False)
+    reference_run(2, copy_to=run_dir)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (run_dir / name).write_bytes(damage)
         (run_dir / (name + ".sha256")).unlink()
@@ -89,11 +83,10 @@ def test_no_readable_checkpoint_is_one_clear_error(tmp_path, cache, capsys, dama
     assert len(err) == 1 and "no readable checkpoint" in err[0] and "Traceback" not in err[0]
 
 
-def test_torn_last_metrics_line_is_dropped_on_resume_and_in_report(tmp_path, cache, capsys):
-    over = tiny_overrides(cache, rounds=2)
-    full = run_federated(load_config(None, over), tmp_path / "full", progress=False).records
+def test_torn_last_metrics_line_is_dropped_on_resume_and_in_report(tmp_path, reference_run, capsys):
+    _, full = reference_run(2)
     run_dir = tmp_path / "r"
-    run_federated(load_config(None, over), run_dir, progress=False)
+    reference_run(2, copy_to=run_dir)
     m = run_dir / "metrics.jsonl"
     lines = m.read_text().splitlines(keepends=True)
     m.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # killed while appending round 2
@@ -120,9 +113,8 @@ def test_failed_start_leaves_no_folder(tmp_path, cache, capsys):
     assert "garbage.pt" in capsys.readouterr().err and not out.exists()
 
 
-def test_disk_full_keeps_the_previous_checkpoint_and_resumes(tmp_path, cache, monkeypatch):
-    over = tiny_overrides(cache, rounds=3)
-    full = run_federated(load_config(None, over), tmp_path / "full", progress=False).records
+def test_disk_full_keeps_the_previous_checkpoint_and_resumes(tmp_path, reference_run, monkeypatch):
+    over, full = reference_run(3)
     run_dir = tmp_path / "r"
     real_save, calls = torch.save, []
 

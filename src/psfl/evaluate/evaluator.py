@@ -142,10 +142,13 @@ def _save(net: nn.Module, info: EvaluatorInfo, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}  # loads anywhere
     payload = {"arch": info.arch, "state_dict": state, "num_classes": info.num_classes,
                "in_chans": info.in_chans, "img_size": info.img_size, "info": dataclasses.asdict(info)}
-    tmp = path.with_suffix(".tmp")
+    # atomic, and safe when two processes (`reproduce --jobs`, test workers) train the same one
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+    side = path.with_suffix(f".{os.getpid()}.json.tmp")
+    side.write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+    os.replace(side, path.with_suffix(".json"))
 
 
 def _load(dataset: str, source: str, data_dir: str | None) -> Any:
