@@ -254,11 +254,19 @@ def start_supernode(fed: Federation, cid: int, superlink: str, port: int, *secur
 def run_tiny_psfl(fed: Federation, cache_dir: Path, extra: str = "") -> Path:
     """``flwr run .`` of two tiny PSFL rounds on the two nodes (``extra``: the run
     config's ``set``); the run folder, after checking that Flower says the run completed."""
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
     out = fed.root / "run"
+    declared = flatten_dict(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
     overrides = dict(o.split("=", 1) for o in tiny_overrides(cache_dir, rounds=2))
     overrides["data.num_clients"] = "2"
-    run_config = " ".join(f"{k}={v}" for k, v in overrides.items()) + f" out='{out}' timeout-s=300.0"
-    run_config += f" set='{extra}'" if extra else ""
+    # the app's declared keys as run-config keys, the others through its `set`
+    sets = [f"{k}={v}" for k, v in overrides.items() if k not in declared] + ([extra] if extra else [])
+    run_config = " ".join(f"{k}={v}" for k, v in overrides.items() if k in declared)
+    run_config += f" out='{out}' timeout-s=300.0"
+    run_config += f" set='{'; '.join(sets)}'" if sets else ""
     text = fed.flwr("run", ".", CONNECTION, "--stream", "--run-config", run_config, timeout_s=RUN_TIMEOUT_S)
     started = re.search(r"Successfully started run (\d+)", text)
     assert started, text[-3000:]
