@@ -181,3 +181,31 @@ def test_run_lock_refuses_a_second_writer(tmp_path):
     assert not path.exists()
     with run_lock(tmp_path):  # released: free again
         pass
+
+
+def test_an_unfinished_run_without_a_checkpoint_is_refused_before_any_work(exp_dir, tmp_path, cache, capsys):
+    """A run folder with some rounds but no checkpoint (e.g. copied without it) cannot be
+    resumed: reproduce says so and runs nothing, instead of failing midway."""
+    from psfl.config import load_config
+    from psfl.data import DATASETS
+    from psfl.data.datasets import bundled_path
+    from psfl.experiments import base_config
+    from psfl.runners.inprocess import read_records, run_federated
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(bundled_path(DATASETS.get("fashion_mnist")), data / "fashion_mnist.npz")
+    folder = tmp_path / "results" / "runs" / "tiny" / "fashion_mnist" / "psfl" / "seed0"
+    extra = [f"data.data_dir=\"{data}\"", f"evaluator.cache_dir=\"{cache}\""]
+    cfg = load_config(None, ['method="psfl"', "seed=0"], base=base_config(load_scale("tiny", exp_dir), "fashion_mnist", extra))
+    run_federated(cfg, folder, progress=False, stop_after=1, strict=False)
+    for p in folder.glob("checkpoint*"):
+        p.unlink()
+    argv = ["reproduce", "fig4", "--experiments", str(exp_dir), "--scale", "tiny", "--seeds", "0", "--datasets",
+            "fashion_mnist", "--data-dir", str(data), "--out", str(tmp_path / "results"), "--no-progress",
+            "--set", f"evaluator.cache_dir=\"{cache}\""]
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "holds 1 of 2 rounds but no checkpoint" in captured.err and " start " not in captured.out
+    assert len(read_records(folder / "metrics.jsonl")) == 1

@@ -224,19 +224,29 @@ def rounds_done(path: Path) -> int:
         return 0
 
 
+def has_checkpoint(path: Path) -> bool:
+    """A run folder that can be resumed: its latest checkpoint, or the previous one the
+    store falls back to."""
+    return any((path / name).is_file() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
+
+
 def status(run: PlannedRun) -> str:
     done = rounds_done(run.path)
     if done >= run.cfg.rounds:
         return "done"
-    return f"{done}/{run.cfg.rounds}" if done or (run.path / "checkpoint.pt").exists() else "new"
+    return f"{done}/{run.cfg.rounds}" if done or has_checkpoint(run.path) else "new"
 
 
 def check_existing(run: PlannedRun) -> None:
     """A folder that already holds a run must have been made with the planned config
     (fields that do not change a run's numbers aside: threads, paths, and the fields its
-    method never reads)."""
+    method never reads), and an unfinished one must have a checkpoint to resume from."""
     from psfl.runners.inprocess import CONFIG
 
+    done = rounds_done(run.path)
+    if 0 < done < run.cfg.rounds and not has_checkpoint(run.path):
+        raise PsflError(f"{run.path} holds {done} of {run.cfg.rounds} rounds but no checkpoint to resume them "
+                        "from (copied without it?); move it away to run it again")
     stored_path = run.path / CONFIG
     if not stored_path.is_file():
         return
@@ -262,7 +272,7 @@ def execute(run: PlannedRun, progress: bool = True, device: Any = "cpu",
     if st == "done":
         return "done"
     check_existing(run)
-    resume = (run.path / "checkpoint.pt").exists()
+    resume = has_checkpoint(run.path)
     cfg = run.cfg
     if resume:
         cfg = resume_config(run.path, [f"rounds={run.cfg.rounds}"], strict=False)
