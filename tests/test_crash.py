@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-from psfl.config import load_config
 from psfl.runners.inprocess import resume_config, run_federated
 from psfl.runners.store import read_records
-from test_runner import strip_timing, tiny_overrides
+from test_runner import strip_timing
 
 # Runs `psfl run` after arranging for the process to SIGKILL itself at one point (the
 # n-th call there): inside the local-training loop (after one batch), inside the server's
