@@ -9,7 +9,6 @@ arrays and the resolved preset.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import Tensor
 from psfl.data.datasets import ArrayDataset
 from psfl.data.spec import INPUT_PRESETS, InputSpec, ResolvedInput
 from psfl.errors import PsflError
+from psfl.fileio import atomic_path
 
 CHUNK = 2048  # images converted at a time (bounds the temporary memory of a resize)
 _CACHE_VERSION = 1  # bump when the preprocessing changes, to invalidate disk caches
@@ -106,9 +106,8 @@ def _load_disk(path: Path, ds: ArrayDataset, resolved: ResolvedInput) -> Prepare
 
 def _save_disk(path: Path, p: PreparedData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({k: getattr(p, k) for k in ("x_train", "y_train", "x_test", "y_test")}, tmp)
-    os.replace(tmp, path)  # atomic: readers never see a half-written file
+    with atomic_path(path) as tmp:  # readers never see a half-written file
+        torch.save({k: getattr(p, k) for k in ("x_train", "y_train", "x_test", "y_test")}, tmp)
 
 
 def prepare(ds: ArrayDataset, spec: InputSpec | str, cache_dir: str | Path | None = None) -> PreparedData:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from psfl.device import device_info, module_device, rand, resolve_device, seeded, to_device
 from psfl.errors import PsflError
+from psfl.fileio import atomic_path, write_text_atomic
 from psfl.evaluate.classifiers import CLASSIFIERS, FrozenClassifier, classifier_accuracy, create_classifier
 
 
@@ -143,12 +144,9 @@ def _save(net: nn.Module, info: EvaluatorInfo, path: Path) -> None:
     payload = {"arch": info.arch, "state_dict": state, "num_classes": info.num_classes,
                "in_chans": info.in_chans, "img_size": info.img_size, "info": dataclasses.asdict(info)}
     # atomic, and safe when two processes (`reproduce --jobs`, test workers) train the same one
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    side = path.with_suffix(f".{os.getpid()}.json.tmp")
-    side.write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
-    os.replace(side, path.with_suffix(".json"))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    write_text_atomic(path.with_suffix(".json"), json.dumps(dataclasses.asdict(info), indent=2) + "\n")
 
 
 def _load(dataset: str, source: str, data_dir: str | None) -> Any:

@@ -47,6 +47,7 @@ import torch
 
 from psfl.config import RunConfig, dump_config, load_config
 from psfl.errors import PsflError
+from psfl.fileio import atomic_path
 
 RECORD = "psfl"
 
@@ -156,9 +157,8 @@ def _save_client_state(context, before: Any, state: Any, cid: int, rnd: int, pat
     context.state[f"{RECORD}-client{cid}"] = ConfigRecord({"blob": blob})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(blob)
 
 
 def _partition_id(context) -> int:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from psfl.config import RunConfig, diff_configs, dump_config, load_config
 from psfl.errors import PsflError, RoundFailedError
+from psfl.fileio import atomic_path, write_text_atomic
 from psfl.fl.energy import link_cost, round_snrs
 from psfl.fl.privacy import dp_epsilon
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
@@ -302,10 +303,10 @@ def save_global_model(method: FederatedMethod, cfg: RunConfig, run_dir: Path, ro
     model = method.global_model()
     preset = MODELS.get(model.preset["name"])
     path = run_dir / GLOBAL_MODEL
-    tmp = save_model_checkpoint(model, path.with_suffix(".pt.tmp"), config={
-        "dataset": cfg.data.dataset, "input_preset": preset.input_preset, "method": cfg.method,
-        "seed": cfg.seed, "rounds_done": rounds_done, "source": "federated run"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_model_checkpoint(model, tmp, config={
+            "dataset": cfg.data.dataset, "input_preset": preset.input_preset, "method": cfg.method,
+            "seed": cfg.seed, "rounds_done": rounds_done, "source": "federated run"})
     return path
 
 
@@ -320,9 +321,7 @@ def ensure_global_model(run_dir: Path, device: Any = "cpu") -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
 def git_commit() -> str | None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from psfl.errors import PsflError
+from psfl.fileio import write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -62,9 +63,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_sum(path: Path, digest: str) -> None:
-    tmp = path.with_name(path.name + SUM + ".tmp")
-    tmp.write_text(digest + "\n")
-    os.replace(tmp, path.with_name(path.name + SUM))
+    write_text_atomic(path.with_name(path.name + SUM), digest + "\n")
 
 
 def save_checkpoint(obj: Any, run_dir: Path) -> Path:
