@@ -304,8 +304,10 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
               evaluators: Path | None = None, log: Callable[[str], None] = print) -> Outcome:
     """Plan, run (resumably) and draw the experiments ``names`` (``["all"]``: every one).
 
-    ``datasets`` restricts the panels; asked-for datasets must have data here, while the
-    default skips (and reports) the ones without. ``jobs`` > 1 starts ``jobs - 1`` more
+    ``datasets`` restricts the runs to these datasets, which must have data here; the
+    figures and claims are still drawn over all the experiments' datasets from their
+    finished runs, so that running one dataset never drops the others' panels. Datasets
+    without data are skipped and reported. ``jobs`` > 1 starts ``jobs - 1`` more
     workers (``worker_argv``: the command that runs runs only) that share the runs
     through the run folders' locks; figures are drawn after all workers end.
     ``evaluators`` (a folder, e.g. ``results/evaluators``): the trained classifiers kept
@@ -319,26 +321,29 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     names = experiment_names(root) if list(names) == ["all"] else list(dict.fromkeys(names))
     exps = [load_experiment(n, root) for n in names]
     scale = load_scale(scale_name, root)
-    wanted = list(dict.fromkeys(d for e in exps for d in e.datasets))
+    every = list(dict.fromkeys(d for e in exps for d in e.datasets))
     if datasets:
-        unknown = [d for d in datasets if d not in wanted]
+        unknown = [d for d in datasets if d not in every]
         if unknown:
-            raise PsflError(f"--datasets {unknown[0]}: not a dataset of {', '.join(names)} ({', '.join(wanted)})")
-        wanted = [d for d in wanted if d in datasets]
+            raise PsflError(f"--datasets {unknown[0]}: not a dataset of {', '.join(names)} ({', '.join(every)})")
+    asked = [d for d in every if not datasets or d in datasets]
     skipped = {}
-    for ds in wanted:
+    for ds in every:
         why = data_problem(scale, ds, extra)
-        if why and datasets:
+        if why and ds in asked and datasets:
             raise PsflError(why)
         if why:
             skipped[ds] = why
-            log(f"psfl reproduce: {ds} not run: {why}")
-    available = [d for d in wanted if d not in skipped]
-    runs = plan(exps, scale, seeds, runs_root, available, extra)
+            if ds in asked:
+                log(f"psfl reproduce: {ds} not run: {why}")
+    drawn = [d for d in every if d not in skipped]  # figures: every dataset with data
+    available = [d for d in asked if d not in skipped]  # runs: the asked-for ones
+    every_run = plan(exps, scale, seeds, runs_root, drawn, extra)
+    runs = [r for r in every_run if r.dataset in available]
     if dry_run:
         for r in runs:
             log(f"{status(r):>8}  {r.key}  -> {r.path}")
-        return Outcome(runs, {}, skipped, [])
+        return Outcome(runs, {}, {d: w for d, w in skipped.items() if d in asked}, [])
     failed: dict[str, str] = {}
     if run:
         for r in runs:
@@ -360,10 +365,10 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
             failed["workers"] = f"a worker exited with {[p.returncode for p in procs]}"
         if evaluators is not None:
             _share_evaluators(evaluators, runs, scale, available, extra, log)
-    paths = draw(exps, scale, runs, skipped, available, out_root, extra, device, failed) if figures else []
+    paths = draw(exps, scale, every_run, skipped, drawn, out_root, extra, device, failed) if figures else []
     if figures:
-        paths.append(write_claims(scale, seeds, runs_root, available, skipped, out_root, extra, root))
-    return Outcome(runs, failed, skipped, paths)
+        paths.append(write_claims(scale, seeds, runs_root, drawn, skipped, out_root, extra, root))
+    return Outcome(runs, failed, {d: w for d, w in skipped.items() if d in asked}, paths)
 
 
 def _share_evaluators(folder: Path, runs: Sequence[PlannedRun], scale: Scale, datasets: Sequence[str],

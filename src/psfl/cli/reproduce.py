@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
     p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout); datasets without a file are "
                                       "skipped and reported")
-    p.add_argument("--datasets", help="comma list: only these panels (each must have data)")
+    p.add_argument("--datasets", help="comma list: run only these (each must have data); the figures are still "
+                                      "drawn over every dataset from its finished runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of every run (changes the run folders' names)")
     p.add_argument("--out", default="results", help="figures go to OUT/<fig>/ (default results)")
