@@ -384,3 +384,35 @@ def test_channel_config_reaches_every_method(cache):
         assert isinstance(ch, Rician) and ch.k_factor == 1.5 and ch.equalize == "zf", name
     for preset, model in env.models.models().items():
         assert model.channel is env.models.channel, preset
+
+
+def test_git_commit_marks_code_changes_dirty_but_not_results(tmp_path):
+    """``+dirty`` names uncommitted code, not the outputs psfl itself writes under results/:
+    a figure command redrawing ten folders must not call the code it ran uncommitted."""
+    import subprocess
+
+    from psfl.runners.inprocess import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "results" / "fig4").mkdir(parents=True)
+    (repo / "src" / "code.py").write_text("x = 1\n")
+    (repo / "results" / "fig4" / "curves.csv").write_text("a\n")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo / "src") == head
+    (repo / "results" / "fig4" / "curves.csv").write_text("b\n")  # psfl's own output changed
+    (repo / "src" / "new.py").write_text("untracked\n")
+    assert git_commit(repo / "src") == head
+    (repo / "src" / "code.py").write_text("x = 2\n")  # the code changed
+    assert git_commit(repo / "results") == head + "+dirty"
+    (tmp_path / "plain").mkdir()  # no checkout at all
+    assert git_commit(tmp_path / "plain") is None

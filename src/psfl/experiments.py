@@ -444,6 +444,7 @@ def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], s
     from psfl.runners.inprocess import git_commit
 
     paths: list[Path] = []
+    code = git_commit()
     for exp in exps:
         out = Path(out_root) / exp.name
         out.mkdir(parents=True, exist_ok=True)
@@ -453,7 +454,7 @@ def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], s
                                                                                            exp.name]
         (out / "command.txt").write_text(" ".join(cmd) + "\n")
         prov_out = {"experiment": exp.name, "title": exp.title, "experiment_file": Path(exp.source).read_text(),
-                    "scale": scale.name, "scale_file": Path(scale.source).read_text(), "git_commit": git_commit(),
+                    "scale": scale.name, "scale_file": Path(scale.source).read_text(), "git_commit": code,
                     "runs_finished": sum(u["rounds_done"] >= u["rounds"] for u in used), "runs_planned": len(used),
                     "compute_hours": round(sum(u["compute_s"] for u in used) / 3600, 2),
                     "not_run": inp.skipped, "runs": used}

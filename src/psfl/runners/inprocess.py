@@ -324,19 +324,25 @@ def _write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
-def git_commit() -> str | None:
-    """The source tree's git commit (``+dirty`` when it has uncommitted changes), or None
-    when psfl does not run from a git checkout."""
+def git_commit(where: Path | None = None) -> str | None:
+    """The git commit of the source tree holding ``where`` (default: psfl's own code), with
+    ``+dirty`` when a tracked file outside ``results/`` has uncommitted changes, or None when
+    psfl does not run from a git checkout. ``results/`` is left out because it is what psfl
+    writes: a figure command redrawing ten folders would otherwise call its own outputs
+    uncommitted code (the evaluators there are named by their weight digests instead)."""
     import subprocess
 
-    here = Path(__file__).resolve().parent
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+
     try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
+        head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
+        if head.returncode != 0 or top.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        here = Path(top.stdout.strip())
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
