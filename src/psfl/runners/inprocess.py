@@ -333,16 +333,14 @@ def git_commit(where: Path | None = None) -> str | None:
     import subprocess
 
     here = Path(where) if where is not None else Path(__file__).resolve().parent
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
-
     try:
-        head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
-        if head.returncode != 0 or top.returncode != 0:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
             return None
-        here = Path(top.stdout.strip())
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)results"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
