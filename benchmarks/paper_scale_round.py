@@ -35,7 +35,7 @@ def main() -> int:
 
     import torch
 
-    from psfl.experiments import base_config, load_scale
+    from psfl.experiments.reproduce import base_config, load_scale
     from psfl.runners.inprocess import run_federated
 
     tiers = ["M", "L", "H"]

@@ -48,7 +48,7 @@ def main() -> int:
                                          "every machine trains against and scores with the same classifiers")
     args = ap.parse_args()
     if args.evaluators:
-        from psfl.errors import PsflError
+        from psfl.utils.errors import PsflError
         from psfl.evaluate.evaluator import seed_cache
 
         try:

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_runner import tiny_overrides
 from test_golden import PINNED
 from psfl.config import load_config
-from psfl.compare import compare
+from psfl.experiments.compare import compare
 out = Path(sys.argv[1])
 methods = ["psfl", "psfl-no-pld", "psfl-no-agp", "fedavg", "fedavg-csc", "stc", "fttq", "fedpaq"]
 over = tiny_overrides(out / "cache", rounds=3) + ["train.local_steps=10", "data.eval_samples=256", *PINNED]

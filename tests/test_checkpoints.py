@@ -3,7 +3,7 @@ and shapes; nothing is downloaded) and psfl's own save/load round trip."""
 import pytest
 import torch
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.models import create_model, load_mae_checkpoint, load_model_checkpoint, save_model_checkpoint
 
 ENCODER = ("patch_embed", "cls_token", "blocks", "norm")

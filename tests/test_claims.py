@@ -1,12 +1,12 @@
-"""The claim rule of psfl.claims against hand computations."""
+"""The claim rule of psfl.experiments.claims against hand computations."""
 import json
 import math
 
 import pytest
 
-from psfl.claims import Link, judge, link, overall
-from psfl.experiments import load_experiment
-from psfl.figures import FigureInput, panel_notes
+from psfl.experiments.claims import Link, judge, link, overall
+from psfl.experiments.reproduce import load_experiment
+from psfl.experiments.figures import FigureInput, panel_notes
 
 
 def rec(acc, mentor=None, student=None, energy=1.0):

@@ -14,7 +14,7 @@ from psfl.codecs import (CODECS, QSGD_VARIANTS, SPARSE_VARIANTS, always, decode,
                          stc_golomb_parameter, stc_header_bytes, ternary2bit_nbytes, topk_ternarize,
                          ttq_dequantize, ttq_quantize)
 from psfl.codecs.bits import BitReader, BitWriter, gamma_bits, read_varint, rice_bits, varint
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 SETTINGS = settings(max_examples=100, deadline=None)
 shapes = st.lists(st.integers(1, 7), min_size=0, max_size=4).map(tuple)  # 0-d .. 4-d

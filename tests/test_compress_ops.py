@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from psfl.codecs import (ef_residual, ef_step, qsgd_dequantize, qsgd_quantize, topk_k, topk_ternarize,
                          ttq_dequantize, ttq_quantize)
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 SETTINGS = settings(max_examples=100, deadline=None)
 

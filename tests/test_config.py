@@ -2,7 +2,7 @@ import pytest
 
 from psfl.config import RunConfig, dump_config, load_config
 from psfl.methods import options_for
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 def test_overrides_are_typed_and_roundtrip(tmp_path):

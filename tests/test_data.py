@@ -7,7 +7,7 @@ import torch
 
 import psfl.data as D
 from psfl.data import INPUT_PRESETS, InputSpec
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 def fake_arrays(name: str = "fashion_mnist", n_train: int = 40, n_test: int = 20, seed: int = 0):

@@ -17,8 +17,8 @@ import torch
 import psfl
 from psfl.channel import CHANNELS, create_channel
 from psfl.cli import main
-from psfl.device import device_info, module_device, rand, randn, resolve_device, seeded
-from psfl.errors import PsflError
+from psfl.utils.device import device_info, module_device, rand, randn, resolve_device, seeded
+from psfl.utils.errors import PsflError
 from psfl.models.gsc import random_masking
 
 HAS_CUDA = torch.cuda.is_available()
@@ -84,7 +84,7 @@ def test_device_info_is_a_plain_record(tmp_path):
 def test_device_info_names_the_cpu_kernels_in_use():
     """``capability`` is what torch runs, not what the CPU could: forcing the portable
     kernels (as a slower CPU would get) shows in the record."""
-    code = "import json; from psfl.device import device_info; print(json.dumps(device_info('cpu')))"
+    code = "import json; from psfl.utils.device import device_info; print(json.dumps(device_info('cpu')))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     out = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                     check=True).stdout)
@@ -259,7 +259,7 @@ def test_cuda_masking_and_init_match_cpu(cuda):
 @cuda_only
 @pytest.mark.parametrize("preset", ["tiny-M", "tiny-CSC"])
 def test_cuda_train_step_matches_cpu(cuda, preset):
-    from psfl.train import sample_snr, train_step
+    from psfl.central.train import sample_snr, train_step
 
     model = _tiny(preset)
     ev = _evaluator()
@@ -325,7 +325,7 @@ def test_cuda_fit_transmit_and_checkpoints_load_on_cpu(cuda, tmp_path):
 def test_cuda_run_central_end_to_end(cuda, tmp_path, monkeypatch):
     from psfl import data as D
     from psfl.models import load_model_checkpoint
-    from psfl.train import CentralConfig, run_central
+    from psfl.central.train import CentralConfig, run_central
     from test_train import synthetic_dataset
 
     monkeypatch.setattr(D, "load_dataset", lambda *a, **k: synthetic_dataset(96, 40))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from psfl.data import ArrayDataset
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.evaluate import (
     CLASSIFIERS, FrozenClassifier, classifier_accuracy, create_classifier, evaluate_reconstruction,
     fit_classifier, freeze, list_evaluators, load_classifier_checkpoint, load_evaluator, train_evaluator,

@@ -1,7 +1,7 @@
-"""psfl.fileio: a failed write leaves the old file and no temporary behind."""
+"""psfl.utils.fileio: a failed write leaves the old file and no temporary behind."""
 import pytest
 
-from psfl.fileio import atomic_path, write_text_atomic
+from psfl.utils.fileio import atomic_path, write_text_atomic
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

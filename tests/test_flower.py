@@ -118,7 +118,7 @@ def test_run_config_maps_onto_psfl_config(tmp_path):
 def test_run_config_errors_name_the_key(run_config, message):
     import re
 
-    from psfl.errors import PsflError
+    from psfl.utils.errors import PsflError
     from psfl.runners.flower_app import server_run
 
     with pytest.raises(PsflError, match=re.escape(message)):

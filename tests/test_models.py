@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psfl.channel import create_channel
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.models import (MODELS, count_parameters, create_model, list_models, model_info,
                          model_table)
 from psfl.models.gsc import patchify, sincos_2d, unpatchify

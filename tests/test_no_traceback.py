@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from psfl.cli import main
 from psfl.config import RunConfig, load_config
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import psfl.data as D
 from psfl.cli import main
 from psfl.data.partition import fit_margins, round_margins, top_up
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 def labels(n=3000, c=10, seed=0):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from psfl.cli import main
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.methods import METHODS
 from psfl.methods.plugins import load_method_plugins
 

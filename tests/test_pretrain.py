@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.models import create_model, load_model_checkpoint
 from psfl.models.gsc import patchify
-from psfl.pretrain import PretrainConfig, cosine_lr, evaluate_mae, mae_loss, pretrain, pretrain_mae
+from psfl.central.pretrain import PretrainConfig, cosine_lr, evaluate_mae, mae_loss, pretrain, pretrain_mae
 
 
 def _waves(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
@@ -87,7 +87,7 @@ def test_pretrain_end_to_end_writes_a_mentor_checkpoint(tmp_path):
     mentor = load_model_checkpoint(result.checkpoint)
     assert mentor.preset["name"] == "tiny-M" and (mentor.img_size, mentor.in_chans) == (28, 1)
     assert mentor.checkpoint_config["pretrain"]["mask_ratio"] == 0.75
-    assert mentor.checkpoint_config["device"]["device"] == "cpu"  # provenance: psfl.device.device_info
+    assert mentor.checkpoint_config["device"]["device"] == "cpu"  # provenance: psfl.utils.device.device_info
     assert set(result.final) >= {"masked_mse", "full_mse", "samples_per_s"}
     for k, v in result.model.state_dict().items():
         assert torch.equal(v, mentor.state_dict()[k])

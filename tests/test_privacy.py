@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psfl.config import load_config
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.fl.privacy import ORDERS, dp_epsilon, privatize
 from psfl.runners.inprocess import run_federated
 from test_runner import tiny_overrides

@@ -14,7 +14,7 @@ import torch
 from psfl.cli import main
 from psfl.config import RunConfig, load_config
 from psfl.methods import options_for
-from psfl.errors import DivergenceError, PsflError
+from psfl.utils.errors import DivergenceError, PsflError
 from psfl.runners.inprocess import read_records, resume_config, run_federated
 
 from test_runner import strip_timing, tiny_overrides

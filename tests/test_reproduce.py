@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from psfl.cli import main
-from psfl.errors import PsflError
-from psfl.experiments import EXPERIMENTS_DIR, experiment_names, load_experiment, load_scale, plan
+from psfl.utils.errors import PsflError
+from psfl.experiments.reproduce import EXPERIMENTS_DIR, experiment_names, load_experiment, load_scale, plan
 
 TINY_SCALE = """
 [config]
@@ -94,7 +94,7 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, cache, cap
     from psfl.config import load_config
     from psfl.data import DATASETS
     from psfl.data.datasets import bundled_path
-    from psfl.experiments import base_config
+    from psfl.experiments.reproduce import base_config
     from psfl.runners.inprocess import read_records, run_federated
 
     data = synthetic_cifar100(tmp_path)
@@ -156,7 +156,7 @@ def test_missing_data_is_skipped_by_default_and_refused_when_asked(exp_dir, tmp_
 
 def test_a_folder_made_with_another_config_is_refused(exp_dir, tmp_path):
     from psfl.config import dump_config
-    from psfl.experiments import check_existing
+    from psfl.experiments.reproduce import check_existing
 
     data = tmp_path / "d"
     data.mkdir()
@@ -190,7 +190,7 @@ def test_an_unfinished_run_without_a_checkpoint_is_refused_before_any_work(exp_d
     from psfl.config import load_config
     from psfl.data import DATASETS
     from psfl.data.datasets import bundled_path
-    from psfl.experiments import base_config
+    from psfl.experiments.reproduce import base_config
     from psfl.runners.inprocess import read_records, run_federated
 
     data = tmp_path / "data"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psfl.config import load_config
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.runners.inprocess import run_federated
 
 TIMING = ("time_s", "compute_s")

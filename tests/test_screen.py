@@ -8,7 +8,7 @@ import torch
 
 from psfl.codecs import decode_state, encode_state
 from psfl.config import load_config
-from psfl.errors import PsflError, RoundFailedError
+from psfl.utils.errors import PsflError, RoundFailedError
 from psfl.methods.base import make_generator
 from psfl.methods.wire import decode_like, decode_model, encode_model, wire_keys
 from psfl.runners.inprocess import ClientFailure, run_federated

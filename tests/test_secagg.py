@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from psfl.config import load_config
-from psfl.errors import PsflError, RoundFailedError
+from psfl.utils.errors import PsflError, RoundFailedError
 from psfl.methods import check_run_config
 from psfl.runners.inprocess import run_federated
 

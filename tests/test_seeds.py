@@ -5,7 +5,7 @@ import math
 import pytest
 
 from psfl.cli import main
-from psfl.seeds import read_runs, run_summary, seed_rows
+from psfl.experiments.seeds import read_runs, run_summary, seed_rows
 
 
 def _records(accs, energy=1.0, bits=(10, 30)):

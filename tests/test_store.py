@@ -11,7 +11,7 @@ import torch
 
 from psfl.cli import main
 from psfl.config import load_config
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.runners.inprocess import resume_config, run_federated
 from psfl.runners.store import read_records
 from test_runner import strip_timing, tiny_overrides

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from psfl.codecs import CODECS, always, decode, decode_state, encode, encode_state, energy_threshold, svd_rank
 from psfl.codecs.bits import read_varint
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 SETTINGS = settings(max_examples=60, deadline=None)
 SIGMA = np.array([8.0, 4.0, 2.0, 1.0, 0.5])  # energies 64, 16, 4, 1, 0.25 of 85.25

@@ -14,7 +14,7 @@ from psfl import data as D
 from psfl.evaluate import create_classifier, fit_classifier, freeze
 from psfl.models import create_model, load_model_checkpoint
 from psfl.models.base import SCOutput
-from psfl.train import CentralConfig, fit, format_central_table, run_central, sample_snr, task_loss, train_step
+from psfl.central.train import CentralConfig, fit, format_central_table, run_central, sample_snr, task_loss, train_step
 
 
 def synthetic_dataset(n_train: int, n_test: int, seed: int = 0) -> D.ArrayDataset:

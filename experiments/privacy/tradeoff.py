@@ -37,7 +37,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from psfl.config import load_config
-    from psfl.errors import DivergenceError
+    from psfl.utils.errors import DivergenceError
     from psfl.methods import check_run_config
     from psfl.runners.inprocess import run_federated
     from psfl.runners.store import read_records

@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from psfl.experiments import check_existing, experiment_names, load_experiment, load_scale, plan, status
+from psfl.experiments.reproduce import check_existing, experiment_names, load_experiment, load_scale, plan, status
 
 STUDY = {"warmup5": "psfl", "psfl-plus": "psfl-plus", "no-agp": "psfl-no-agp", "no-pld": "psfl-no-pld",
          "fedavg": "fedavg", "stc": "stc", "fttq": "fttq", "fedpaq": "fedpaq"}

@@ -5,7 +5,7 @@ average power per real symbol, so the requested SNR (in dB, converted with
 10^(dB/10)) fixes the noise variance: sigma^2 = 1 / psi. SNR is given per batch (a float)
 or per sample (a ``(B,)`` tensor). Every random draw comes from the ``generator`` passed in,
 made on the generator's device (CPU) and then moved to the symbols' device, so a seed gives
-the same noise and gains on the CPU and on a GPU (:func:`psfl.device.randn`).
+the same noise and gains on the CPU and on a GPU (:func:`psfl.utils.device.randn`).
 
 Channels (registry :data:`CHANNELS`):
 
@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from psfl.device import randn
-from psfl.registry import Registry
+from psfl.utils.device import randn
+from psfl.utils.registry import Registry
 
 
 def db_to_linear(snr_db: Tensor | float) -> Tensor | float:

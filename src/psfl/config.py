@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -302,7 +302,7 @@ class RunConfig:
         from psfl.evaluate.classifiers import CLASSIFIERS
         from psfl.fl.energy import SNR_TRACES
         from psfl.fl.mentors import MENTOR_RULES
-        from psfl.optim import OPTIMIZERS
+        from psfl.training.optim import OPTIMIZERS
         from psfl.models import MODELS
 
         family = self.model.family
@@ -375,7 +375,7 @@ class PretrainConfig:
     warmup_fraction: float = 0.05
     eval_samples: int = 1000  # test images for the final masked / full reconstruction MSE
     seed: int = 0
-    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.device.resolve_device)
+    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.utils.device.resolve_device)
     out: str | None = None  # checkpoint path (None: do not save)
 
     def validate(self) -> None:
@@ -383,7 +383,7 @@ class PretrainConfig:
             raise PsflError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.batch_size < 1 or self.epochs < 1 or self.steps < 0 or self.lr <= 0:
             raise PsflError("batch_size, epochs must be >= 1, steps >= 0 and lr > 0")
-        from psfl.device import resolve_device
+        from psfl.utils.device import resolve_device
 
         resolve_device(self.device)
 

@@ -1,5 +1,6 @@
 """`psfl` command line. Thin: each subcommand lives in its own module of this package,
 registers itself with :func:`command`, parses arguments and calls one library function.
+The top layer: it may import every psfl package and nothing imports it (but ``psfl.__main__``).
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from psfl.errors import DivergenceError, PsflError, RoundFailedError
-from psfl.registry import Registry
+from psfl.utils.errors import DivergenceError, PsflError, RoundFailedError
+from psfl.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def command(name: str, help: str):
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
     """``--device auto|cpu|cuda[:i]`` (default ``cpu``: reproducible numbers on any
-    machine). Resolve it with :func:`psfl.device.resolve_device` in the command, so a bad
+    machine). Resolve it with :func:`psfl.utils.device.resolve_device` in the command, so a bad
     value is a one-line error (exit 2)."""
     parser.add_argument("--device", default=default, metavar="auto|cpu|cuda[:i]",
                         help=f"where models, data, channel noise and metrics run (default {default}; "

@@ -30,14 +30,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from psfl.cli.run import announce_data, data_overrides
-    from psfl.compare import compare
+    from psfl.experiments.compare import compare
     from psfl.config import load_config
     from psfl.methods import check_run_config
 
     cfg = check_run_config(load_config(args.config, list(args.overrides) + data_overrides(args)))
     announce_data(cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from psfl.device import resolve_device
+    from psfl.utils.device import resolve_device
 
     rows, paths = compare(cfg, methods, Path(args.out), progress=not args.no_progress, resume=args.resume,
                           device=resolve_device(args.device), overwrite=args.overwrite, engine=args.engine,

@@ -37,7 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from psfl.pretrain import PretrainConfig, pretrain
+    from psfl.central.pretrain import PretrainConfig, pretrain
 
     if args.threads:
         torch.set_num_threads(args.threads)

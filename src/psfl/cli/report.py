@@ -14,8 +14,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from psfl.errors import PsflError
-    from psfl.report import format_table, summary_rows, write_report
+    from psfl.utils.errors import PsflError
+    from psfl.experiments.report import format_table, summary_rows, write_report
     from psfl.runners.inprocess import METRICS, read_records
 
     path = Path(args.run_dir)

@@ -40,9 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from psfl.cli.run import data_overrides
-    from psfl.device import resolve_device
-    from psfl.errors import PsflError
-    from psfl.experiments import EXPERIMENTS_DIR, reproduce
+    from psfl.utils.device import resolve_device
+    from psfl.utils.errors import PsflError
+    from psfl.experiments.reproduce import EXPERIMENTS_DIR, reproduce
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

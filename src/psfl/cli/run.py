@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from psfl.config import load_config
     from psfl.methods import check_run_config
-    from psfl.report import format_table, summary_rows, write_report
+    from psfl.experiments.report import format_table, summary_rows, write_report
     from psfl.runners.inprocess import new_run_dir, resume_config, run_federated
 
     overrides = list(args.overrides) + data_overrides(args)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = check_run_config(load_config(args.config, overrides))
         run_dir = Path(args.out) if args.out else new_run_dir("runs", cfg.method)
     announce_data(cfg)
-    from psfl.device import resolve_device
+    from psfl.utils.device import resolve_device
 
     device = resolve_device(args.device)  # a bad device exits 2 before any work
     if args.resume and args.overwrite:

@@ -18,8 +18,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from psfl.errors import PsflError
-    from psfl.seeds import write_seed_report
+    from psfl.utils.errors import PsflError
+    from psfl.experiments.seeds import write_seed_report
 
     if args.rounds < 1 or args.last < 1:
         raise PsflError("--rounds and --last must be >= 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from psfl.cli import add_device_argument, command
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 def _snr_range(text: str) -> float | tuple[float, float]:
@@ -56,7 +56,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from psfl.train import CentralConfig, format_central_table, run_central
+    from psfl.central.train import CentralConfig, format_central_table, run_central
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from psfl.config import SNR_RANGE
-    from psfl.errors import PsflError
+    from psfl.utils.errors import PsflError
     from psfl.evaluate.transmit import transmit_checkpoint
 
     if not SNR_RANGE[0] <= args.snr <= SNR_RANGE[1]:  # also false for nan

@@ -1,4 +1,5 @@
-"""Compression codecs and operators: updates/models to REAL bytes and back.
+"""Compression codecs and operators: updates/models to REAL bytes and back (core; may import
+``psfl.utils`` only).
 
 Codecs (registry :data:`CODECS`, one byte id each on the wire)::
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from psfl.errors import PsflError
-from psfl.registry import Registry
+from psfl.utils.errors import PsflError
+from psfl.utils.registry import Registry
 
 F32 = np.dtype("<f4")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 _U64 = np.dtype(">u8")
 

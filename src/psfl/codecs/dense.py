@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from psfl.codecs.base import from_f32_numpy, numel_of, read_f32_array, register_codec, to_f32_numpy
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 @register_codec("dense", 0)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 # ---------------------------------------------------------------------------- STC

@@ -26,7 +26,7 @@ from torch import Tensor
 from psfl.codecs.base import ceil_log2, check_consumed, f32_bytes, numel_of, read_f32, register_codec, to_f32_numpy
 from psfl.codecs.bits import BitReader, BitWriter, gamma_bits, read_varint, varint
 from psfl.codecs.ops import qsgd_dequantize
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 QSGD_VARIANTS = ("fixed", "elias")
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from psfl.codecs.base import (F32, ceil_log2, check_consumed, from_f32_numpy, numel_of, read_f32_array,
                               register_codec, to_f32_numpy)
 from psfl.codecs.bits import BitReader, BitWriter, floor_log2, gamma_bits, read_varint, rice_bits, varint
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 SPARSE_VARIANTS = ("bitmask", "positions", "gamma", "rice")
 

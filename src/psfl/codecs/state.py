@@ -15,7 +15,7 @@ from torch import Tensor
 
 from psfl.codecs.base import CODECS, codec_by_id
 from psfl.codecs.bits import read_varint, varint
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 CodecChoice = Callable[[str, Tensor], "tuple[str, dict[str, Any]]"]
 

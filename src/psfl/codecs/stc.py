@@ -24,7 +24,7 @@ from torch import Tensor
 from psfl.codecs.base import (check_consumed, f32_bytes, from_f32_numpy, numel_of, read_f32, register_codec,
                               to_f32_numpy)
 from psfl.codecs.bits import BitReader, BitWriter, read_varint, varint
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 PHI = (1.0 + math.sqrt(5.0)) / 2.0
 

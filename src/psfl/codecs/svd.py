@@ -30,7 +30,7 @@ from torch import Tensor
 from psfl.codecs.base import (F32, check_consumed, from_f32_numpy, numel_of, read_f32_array, register_codec,
                               to_f32_numpy)
 from psfl.codecs.bits import read_varint, varint
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 DENSE, FACTORS = 0, 1
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from psfl.codecs.base import (check_consumed, f32_bytes, from_f32_numpy, numel_of, read_f32, register_codec,
                               to_f32_numpy)
 from psfl.codecs.bits import BitReader, BitWriter
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 def _single(vals: np.ndarray, what: str) -> float | None:

@@ -1,5 +1,6 @@
 """Data layer: datasets as uint8 arrays, preprocessing to model inputs, the non-IID
-partition over clients (Sec. V-A, Table I, Fig. 6) and per-client batch iteration.
+partition over clients (Sec. V-A, Table I, Fig. 6) and per-client batch iteration (core;
+may import ``psfl.utils`` only).
 
     ds = load_dataset("fashion_mnist")                      # bundled sample if no data_dir
     prepared = prepare(ds, INPUT_PRESETS.get("native"))     # float32 (N, C, H, W)

@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from psfl.errors import PsflError
-from psfl.registry import Registry
+from psfl.utils.errors import PsflError
+from psfl.utils.registry import Registry
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 

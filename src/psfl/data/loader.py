@@ -11,7 +11,7 @@ from torch import Tensor
 
 from psfl.data.partition import Partition
 from psfl.data.preprocess import PreparedData
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 @dataclass(eq=False)

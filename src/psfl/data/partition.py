@@ -29,8 +29,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from psfl.errors import PsflError
-from psfl.registry import Registry
+from psfl.utils.errors import PsflError
+from psfl.utils.registry import Registry
 
 # Local data volumes of the 9 clients in Table I (they sum to 50000, CIFAR-10's training set).
 TABLE1_VOLUMES = (1854, 3703, 4429, 4783, 5467, 5634, 5891, 8958, 9281)

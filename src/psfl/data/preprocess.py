@@ -20,8 +20,8 @@ from torch import Tensor
 
 from psfl.data.datasets import ArrayDataset
 from psfl.data.spec import INPUT_PRESETS, InputSpec, ResolvedInput
-from psfl.errors import PsflError
-from psfl.fileio import atomic_path
+from psfl.utils.errors import PsflError
+from psfl.utils.fileio import atomic_path
 
 CHUNK = 2048  # images converted at a time (bounds the temporary memory of a resize)
 _CACHE_VERSION = 1  # bump when the preprocessing changes, to invalidate disk caches

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psfl.registry import Registry
+from psfl.utils.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Scoring reconstructions: the frozen evaluator classifier (train / cache / load) and
-the metrics of Section V-B (evaluator accuracy, PSNR, SSIM)."""
+the metrics of Section V-B (evaluator accuracy, PSNR, SSIM), with trivial baselines (core;
+may import ``psfl.utils``, ``psfl.channel``, ``psfl.models`` and ``psfl.data``)."""
 from psfl.evaluate.classifiers import (
     CLASSIFIERS, ClassifierSpec, CompactCNN, FrozenClassifier, classifier_accuracy, create_classifier, freeze,
 )

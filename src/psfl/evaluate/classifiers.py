@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psfl.device import module_device, to_device
-from psfl.registry import Registry
+from psfl.utils.device import module_device, to_device
+from psfl.utils.registry import Registry
 
 SMALL_IMAGE = 64  # px: at most this size counts as a "small image" (CIFAR/MNIST scale)
 

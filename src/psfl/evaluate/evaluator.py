@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psfl.device import device_info, module_device, rand, resolve_device, seeded, to_device
-from psfl.errors import PsflError
+from psfl.utils.device import device_info, module_device, rand, resolve_device, seeded, to_device
+from psfl.utils.errors import PsflError
 from psfl.evaluate.classifiers import CLASSIFIERS, FrozenClassifier, classifier_accuracy, create_classifier
-from psfl.fileio import atomic_path, write_text_atomic
+from psfl.utils.fileio import atomic_path, write_text_atomic
 
 
 @dataclass

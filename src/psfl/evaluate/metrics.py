@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psfl.channel import Channel
-from psfl.device import module_device, to_device
+from psfl.utils.device import module_device, to_device
 
 
 @contextlib.contextmanager

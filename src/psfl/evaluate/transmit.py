@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from psfl.channel import Channel
-from psfl.device import module_device, resolve_device, to_device
-from psfl.errors import PsflError
+from psfl.utils.device import module_device, resolve_device, to_device
+from psfl.utils.errors import PsflError
 from psfl.evaluate.metrics import _ssim_kernel, to_unit_range, using_channel
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from psfl.channel import db_to_linear
-from psfl.registry import Registry
+from psfl.utils.registry import Registry
 
 
 def uplink_rate(bandwidth_hz: float, snr_db: float) -> float:

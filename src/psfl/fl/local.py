@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from psfl.errors import DivergenceError
+from psfl.utils.errors import DivergenceError
 from psfl.fl.agp import mask_parameters_
-from psfl.optim import clipped_step
+from psfl.training.optim import clipped_step
 
 
 @dataclass

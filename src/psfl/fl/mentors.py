@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from psfl.errors import PsflError
-from psfl.registry import Registry
+from psfl.utils.errors import PsflError
+from psfl.utils.registry import Registry
 
 TIERS = ("M", "L", "H")
 MentorRule = Callable[[Sequence[int], Sequence[int] | None], list[str]]

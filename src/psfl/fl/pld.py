@@ -118,8 +118,8 @@ class PLDLosses:
 def task_terms(out: SCOutput, x: Tensor, y: Tensor, classifier: nn.Module, mse_scale: float = 1.0
                ) -> tuple[dict[str, Tensor], Tensor]:
     """Eqs. 15/16 for one model: CE(y, classifier(m_hat)) + mse_scale * MSE(m, m_hat), as
-    ``{ce, mse, task}`` plus the classifier's logits (one definition: psfl.losses)."""
-    from psfl.losses import task_loss_terms
+    ``{ce, mse, task}`` plus the classifier's logits (one definition: psfl.training.losses)."""
+    from psfl.training.losses import task_loss_terms
 
     logits = classifier(out.x_hat)
     terms = task_loss_terms(logits, out.x_hat, x, y, mse_scale)

@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 

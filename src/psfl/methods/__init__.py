@@ -1,6 +1,8 @@
 """Federated methods behind one interface (:class:`FederatedMethod`): client update,
 server aggregation and the codecs that put both on the wire. Runners look a method up
-by name in :data:`METHODS` and only orchestrate."""
+by name in :data:`METHODS` and only orchestrate. The layer above the core: it may import
+any core package, never runners, experiments or the CLI; plugins register through the
+entry point group ``psfl.methods``."""
 from psfl.methods.base import METHODS, ClientResult, FederatedEnv, FederatedMethod, Upload, build_env
 
 # Importing the modules registers the methods.

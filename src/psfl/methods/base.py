@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from psfl.config import RunConfig, channel_kwargs
-from psfl.errors import DivergenceError
+from psfl.utils.errors import DivergenceError
 from psfl.models.checkpoints import state_digest
-from psfl.optim import make_optimizer  # noqa: F401  (re-exported for methods)
-from psfl.registry import Registry
+from psfl.training.optim import make_optimizer  # noqa: F401  (re-exported for methods)
+from psfl.utils.registry import Registry
 
 
 def derive_seed(*parts: int) -> int:
@@ -339,7 +339,7 @@ def _frozen(clf: nn.Module) -> nn.Module:
 def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device = "cpu") -> FederatedEnv:
     """Data, partition, the two frozen classifiers, the channel, the global test subset
     and the trivial baselines for a run (deterministic). ``device``: where models,
-    classifiers and client data live (``psfl.device.resolve_device``); every random draw
+    classifiers and client data live (``psfl.utils.device.resolve_device``); every random draw
     stays on CPU generators, so a seed gives the same draws on every device."""
     from dataclasses import asdict
 
@@ -348,9 +348,9 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     from psfl.evaluate import load_evaluator
     from psfl.evaluate.baselines import pixel_variance, trivial_baselines
     from psfl.models import MODELS
-    from psfl.losses import mse_scale_for
+    from psfl.training.losses import mse_scale_for
 
-    from psfl.device import resolve_device
+    from psfl.utils.device import resolve_device
 
     dev = resolve_device(device)
     d = cfg.data

@@ -46,7 +46,7 @@ from torch.func import functional_call
 
 from psfl.codecs import (decode_qsgd_buckets, decode_state, ef_step, encode_qsgd_buckets, encode_state,
                          topk_ternarize, ttq_quantize)
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.fl.agp import prunable_keys
 from psfl.fl.aggregate import fedavg
 from psfl.methods.base import METHODS, FederatedEnv, Upload, clone_state, make_generator

@@ -22,7 +22,7 @@ import torch
 
 from psfl.codecs import decode_state, encode_state
 from psfl.codecs.svd import energy_threshold
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.fl.aggregate import fedavg
 from psfl.fl.fedkd import fedkd_losses
 from psfl.methods.base import METHODS, Upload, clone_state

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.fl.local import LocalHook, Trained
 from psfl.methods.base import METHODS
 from psfl.methods.single import FedAvg, SingleModelOptions

@@ -21,7 +21,7 @@ import typing
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.methods.base import METHODS, FederatedMethod
 
 GROUP = "psfl.methods"

@@ -34,7 +34,7 @@ from psfl.methods.base import private_upload
 from psfl.fl.mentors import assign_mentors
 from psfl.fl.pld import SemanticBridge, pld_losses
 from psfl.codecs import decode_qsgd_buckets, encode_qsgd_buckets
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.methods.base import (
     METHODS, ClientResult, FederatedEnv, FederatedMethod, MethodOptions, Upload, check_state_finite, clone_state,
     local_batches, make_generator, make_optimizer,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.fl.aggregate import aggregate_states
 from psfl.fl.local import LocalHook, Trained, local_train
 from psfl.methods.base import private_upload

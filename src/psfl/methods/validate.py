@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from psfl.config import RunConfig, _apply
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.methods.base import METHODS, MethodOptions
 
 

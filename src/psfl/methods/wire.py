@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from psfl.codecs import decode_state, encode_state
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 
 def wire_keys(state: dict[str, Tensor]) -> list[str]:

@@ -1,5 +1,6 @@
 """Semantic-communication models (Section II-A, Table I): GSC (MAE ViT) mentors and the
-CSC (ResNet-18) student, built by name from the :data:`MODELS` registry.
+CSC (ResNet-18) student, built by name from the :data:`MODELS` registry (core; may import
+``psfl.utils`` and ``psfl.channel``).
 
     from psfl.models import create_model, list_models, model_info
     model = create_model("cpu-M", img_size=28, in_chans=1)
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.models import presets as _presets  # noqa: F401  (registers the presets)
 from psfl.models.base import MODELS, ModelPreset, SCModel, SCOutput, count_parameters
 from psfl.models.checkpoints import (

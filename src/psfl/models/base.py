@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from psfl.registry import Registry
+from psfl.utils.registry import Registry
 
 
 @dataclass

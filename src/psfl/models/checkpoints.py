@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 # top-level module/parameter name -> key group
 _GROUPS = {

@@ -39,7 +39,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from psfl.channel import create_channel
-from psfl.device import rand
+from psfl.utils.device import rand
 from psfl.models.base import SCModel
 
 

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.models.base import MODELS, ModelPreset
 from psfl.models.csc import CSCConfig, CSCModel
 from psfl.models.gsc import GSCConfig, GSCModel

@@ -46,8 +46,8 @@ from typing import Any, Callable
 import torch
 
 from psfl.config import RunConfig, dump_config, load_config
-from psfl.errors import PsflError
-from psfl.fileio import atomic_path
+from psfl.utils.errors import PsflError
+from psfl.utils.fileio import atomic_path
 
 RECORD = "psfl"
 

@@ -20,7 +20,7 @@ Run-config keys, applied in this order (later wins):
 and, about the run rather than the config: ``out`` (the run folder, "" =
 ``runs/flower-<run id>``), ``resume``, ``device`` (the server's), ``timeout-s``.
 Paths are read on the SuperLink host; relative ones from the SuperLink's directory.
-A key that is neither raises :class:`~psfl.errors.PsflError` naming it.
+A key that is neither raises :class:`~psfl.utils.errors.PsflError` naming it.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from psfl.config import RunConfig, load_config
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.runners.flower import ServerRun, make_client_app, make_server_app
 
 UNSET = ""  # a run-config value that leaves the psfl field alone

@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from psfl.config import RunConfig, diff_configs, dump_config, load_config
-from psfl.errors import PsflError, RoundFailedError
-from psfl.fileio import atomic_path, write_text_atomic
+from psfl.utils.errors import PsflError, RoundFailedError
+from psfl.utils.fileio import atomic_path, write_text_atomic
 from psfl.fl.energy import link_cost, round_snrs
 from psfl.fl.privacy import dp_epsilon
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
@@ -144,7 +144,7 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
     A fresh run writes ``config.toml`` and ``provenance.json`` (code, machine, data and
     partition fingerprints, evaluators, baselines); a resumed one checks the data and
     partition fingerprints against it and may extend ``rounds``. A non-finite loss,
-    weight or global model raises :class:`psfl.errors.DivergenceError` after every
+    weight or global model raises :class:`psfl.utils.errors.DivergenceError` after every
     completed round has been kept."""
     run_dir = Path(run_dir)
     created = not run_dir.exists()
@@ -355,7 +355,7 @@ def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None 
 
     from psfl import __version__
 
-    from psfl.device import device_info
+    from psfl.utils.device import device_info
 
     runtime = {
         "psfl_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,

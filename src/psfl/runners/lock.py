@@ -14,7 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 LOCK = ".psfl.lock"
 

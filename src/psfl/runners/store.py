@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from psfl.errors import PsflError
-from psfl.fileio import write_text_atomic
+from psfl.utils.errors import PsflError
+from psfl.utils.fileio import write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"

@@ -10,7 +10,7 @@ pre-train through AWGN at that SNR. Optimiser as in MAE: AdamW (betas 0.9/0.95, 
 decay 0.05) with linear warm-up then cosine decay; the learning rate default is larger
 than MAE's because runs here are short.
 
-    from psfl.pretrain import PretrainConfig, pretrain
+    from psfl.central.pretrain import PretrainConfig, pretrain
     result = pretrain(PretrainConfig(model="cpu-M", dataset="fashion_mnist", steps=500,
                                      out="runs/mae-cpu-M.pt"))
     mentor = psfl.models.load_model_checkpoint(result.checkpoint)
@@ -26,9 +26,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from psfl.device import device_info, module_device, resolve_device, seeded, to_device
-from psfl.config import PretrainConfig  # noqa: F401  (re-exported: psfl.pretrain.PretrainConfig)
-from psfl.errors import PsflError
+from psfl.utils.device import device_info, module_device, resolve_device, seeded, to_device
+from psfl.config import PretrainConfig  # noqa: F401  (re-exported: psfl.central.pretrain.PretrainConfig)
+from psfl.utils.errors import PsflError
 from psfl.models.gsc import patchify
 
 

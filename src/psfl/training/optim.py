@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 import torch
 
-from psfl.registry import Registry
+from psfl.utils.registry import Registry
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("sgd")(torch.optim.SGD)

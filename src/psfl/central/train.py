@@ -4,7 +4,7 @@
 
 The evaluator is frozen: gradients flow through it into the SC model, never into it.
 Loops run where the model is: batches are moved to the model's device, random draws come
-from CPU generators (:mod:`psfl.device`).
+from CPU generators (:mod:`psfl.utils.device`).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from psfl.channel import CHANNELS, Channel
-from psfl.device import device_info, module_device, resolve_device, seeded, to_device
-from psfl.errors import PsflError
+from psfl.utils.device import device_info, module_device, resolve_device, seeded, to_device
+from psfl.utils.errors import PsflError
 from psfl.evaluate.metrics import using_channel
-from psfl.losses import mse_scale_for, task_loss, task_loss_terms  # noqa: F401  (re-exported)
+from psfl.training.losses import mse_scale_for, task_loss, task_loss_terms  # noqa: F401  (re-exported)
 from psfl.models.base import SCOutput
 
 
@@ -54,7 +54,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
         max_samples: int | None = None, progress: bool = True, mse_scale: float = 1.0) -> list[dict[str, float]]:
     """Train ``model`` centrally on ``prepared.x_train`` (a ``psfl.data.PreparedData``).
 
-    ``optimizer``: a name in ``psfl.optim.OPTIMIZERS`` (sgd / adam / adamw).
+    ``optimizer``: a name in ``psfl.training.optim.OPTIMIZERS`` (sgd / adam / adamw).
     ``channel``: replaces the model's channel for training (None: keep it).
     ``max_samples``: train on a seeded random subset of that many samples.
     Runs on the model's device (``evaluator`` must be there too); the data may stay on the
@@ -65,7 +65,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
     from tqdm.auto import tqdm
 
     from psfl.data import iterate_batches
-    from psfl.optim import make_optimizer
+    from psfl.training.optim import make_optimizer
 
     g = torch.Generator().manual_seed(seed)
     dev = module_device(model)
@@ -129,7 +129,7 @@ class CentralConfig:
     score_seed: int = 1
     mse_weight: float = 1.0  # see RunConfig.train.mse_weight / mse_space
     mse_space: str = "standardized"
-    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.device.resolve_device)
+    device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.utils.device.resolve_device)
 
 
 @dataclass
@@ -141,7 +141,7 @@ class CentralResult:
     checkpoint: Path
     params: int
     baselines: dict[str, dict[str, float]]  # trivial reconstructions' PSNR/SSIM on the same test images
-    device: dict[str, Any] | None = None  # psfl.device.device_info of the run
+    device: dict[str, Any] | None = None  # psfl.utils.device.device_info of the run
 
 
 def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:

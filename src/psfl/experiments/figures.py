@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from psfl.errors import PsflError
-from psfl.registry import Registry
+from psfl.utils.errors import PsflError
+from psfl.utils.registry import Registry
 
 LAST = 5  # rounds averaged for the summary of one run (one final round does not decide)
 PANEL = "abcdefgh"

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from psfl.figures import FigureInput, LAST, curves, evaluators_of, finished_seeds, last_mean
+from psfl.experiments.figures import FigureInput, LAST, curves, evaluators_of, finished_seeds, last_mean
 
 
 @dataclass
@@ -190,7 +190,7 @@ def _energy(inp: FigureInput, ds: str, label: str) -> tuple[float, float] | None
 
 def claims_markdown(inputs: dict[str, FigureInput]) -> str:
     lines = [f"Each number: mean ± sd over seeds of the last-{LAST}-round mean; a link reads "
-             "difference ± 2 standard errors (see psfl.claims for the rule).", ""]
+             "difference ± 2 standard errors (see psfl.experiments.claims for the rule).", ""]
     for label, title in (("PSFL", "psfl (the paper's method)"), ("psfl-plus (ours)", "psfl-plus (ours)")):
         rows = judge(inputs, label)
         if not rows:

@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 from psfl.models.base import SCOutput
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 CPU = torch.device("cpu")
 DEFAULT_DEVICE = "cpu"  # CLI default: reproducible numbers on any machine

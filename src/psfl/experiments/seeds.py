@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
 METRICS = ("acc", "local_acc", "psnr", "energy_j", "upload_bits", "trend", "first_acc")
 

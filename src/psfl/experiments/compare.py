@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from psfl.config import RunConfig  # noqa: E402
-from psfl.errors import PsflError  # noqa: E402
+from psfl.utils.errors import PsflError  # noqa: E402
 
 
 def summarize(method: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """`psfl reproduce`: the paper's Section V (Figs. 4-13) as declarative experiments.
 
 An *experiment* (``experiments/reproduce/<name>.toml``) names a figure kind
-(:data:`psfl.figures.FIGURES`), the datasets of its panels, the metrics it draws and its
+(:data:`psfl.experiments.figures.FIGURES`), the datasets of its panels, the metrics it draws and its
 *series*: a label, a method and ``--set`` overrides (e.g. ``data.alpha=0.3``). A *scale*
 (``scale-<name>.toml``) is the base run config (``[config]``) with per-dataset overrides
 (``[datasets.<name>] set = [...]``).
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from psfl.config import RunConfig, _apply, _get, diff_configs, load_config, tomllib
-from psfl.errors import PsflError
+from psfl.utils.errors import PsflError
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "reproduce"
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[3] / "experiments" / "reproduce"
 IGNORED_FIELDS = ("threads", "data.data_dir", "evaluator.cache_dir")  # do not change a run's numbers
 
 
@@ -107,7 +107,7 @@ def experiment_names(root: Path = EXPERIMENTS_DIR) -> list[str]:
 
 def load_experiment(name: str, root: Path = EXPERIMENTS_DIR) -> Experiment:
     from psfl.data import DATASETS
-    from psfl.figures import FIGURES, SERIES_METRICS
+    from psfl.experiments.figures import FIGURES, SERIES_METRICS
     from psfl.methods import METHODS
 
     path = Path(root) / f"{name}.toml"
@@ -316,7 +316,7 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     against and scores with the same ones."""
     import subprocess
 
-    from psfl.errors import DivergenceError
+    from psfl.utils.errors import DivergenceError
 
     names = experiment_names(root) if list(names) == ["all"] else list(dict.fromkeys(names))
     exps = [load_experiment(n, root) for n in names]
@@ -398,9 +398,9 @@ def _share_evaluators(folder: Path, runs: Sequence[PlannedRun], scale: Scale, da
 def figure_input(exp: Experiment, scale: Scale, runs: Sequence[PlannedRun], skipped: dict[str, str],
                  available: Sequence[str], extra: Sequence[str] = (), device: Any = "cpu",
                  failed: dict[str, str] | None = None) -> tuple[Any, list[dict[str, Any]]]:
-    """The finished runs of ``exp`` (a :class:`psfl.figures.FigureInput`) and a record of
+    """The finished runs of ``exp`` (a :class:`psfl.experiments.figures.FigureInput`) and a record of
     every run it uses (folder, rounds done, compute time, code version, data fingerprints)."""
-    from psfl.figures import FigureInput
+    from psfl.experiments.figures import FigureInput
     from psfl.runners.inprocess import PROVENANCE, read_records
 
     records: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
@@ -440,7 +440,7 @@ def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], s
          failed: dict[str, str] | None = None) -> list[Path]:
     """Every experiment's figure from the finished runs, with ``command.txt`` and
     ``provenance.json`` (code version, scale and experiment files, the runs used)."""
-    from psfl.figures import FIGURES
+    from psfl.experiments.figures import FIGURES
     from psfl.runners.inprocess import git_commit
 
     paths: list[Path] = []
@@ -466,8 +466,8 @@ def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available:
                  skipped: dict[str, str], out_root: Path, extra: Sequence[str] = (),
                  root: Path = EXPERIMENTS_DIR) -> Path:
     """``OUT/claims.md``: every figure's state (runs finished, compute time of its runs)
-    and the paper's claims judged on all finished runs (:mod:`psfl.claims`)."""
-    from psfl.claims import claims_markdown
+    and the paper's claims judged on all finished runs (:mod:`psfl.experiments.claims`)."""
+    from psfl.experiments.claims import claims_markdown
 
     exps = [load_experiment(n, root) for n in experiment_names(root)]
     runs = plan(exps, scale, seeds, runs_root, available, extra)

@@ -1,11 +1,14 @@
-"""Collect the issue-2 measurements into CSV/JSON tables (run from the repo root)."""
+"""Collect the issue-2 measurements (results/issue2/) into CSV/JSON tables there.
+
+Usage: python scripts/issue2_collect.py
+"""
 import csv
 import json
 from pathlib import Path
 
 from psfl.evaluate import list_evaluators
 
-here = Path(__file__).parent
+here = Path(__file__).resolve().parents[1] / "results" / "issue2"
 ev = [{"dataset": i.dataset, "source": i.source, "arch": i.arch, "input_preset": i.input_preset, "epochs": i.epochs,
        "clean_test_accuracy": round(i.test_accuracy, 4), "train_seconds": round(i.train_seconds, 1),
        "fingerprint": i.fingerprint} for i in list_evaluators()]
