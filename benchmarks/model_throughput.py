@@ -5,8 +5,8 @@ SGD step, on a batch of real images (Fashion-MNIST 28x28x1 by default: the npz u
 --data-dir, else the bundled sample; the pixel values do not change the cost). Prints per
 preset the median samples/s and the achieved GFLOP/s, with FLOPs of one forward+backward
 counted by torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention;
-element-wise ops are not counted), against the machine's nominal peak (--peak, about
-320 GFLOP/s for 2 AVX-512 cores in fp32). The 1-minute load average is printed before and
+element-wise ops are not counted), against the nominal fp32 peak of the cores used (--peak, else computed from the CPU's
+SIMD width and clock for --threads cores: psfl.utils.device.nominal_peak_gflops). The 1-minute load average is printed before and
 after each preset because the machine is shared, with samples per CPU-second of the
 process (with one thread this is the throughput of one fully owned core, a figure that
 other jobs on the machine disturb much less than wall-clock time).
@@ -82,12 +82,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--data-dir")
-    ap.add_argument("--peak", type=float, default=320.0, help="nominal peak GFLOP/s of the machine")
+    ap.add_argument("--peak", type=float, default=None, help="nominal peak GFLOP/s of the cores used")
     ap.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    from psfl.utils.device import nominal_peak_gflops
+
+    how = "given (--peak)"
+    if args.peak is None:
+        args.peak, how = nominal_peak_gflops(args.threads)
+    if not args.json:
+        print(f"# nominal peak {args.peak:.0f} GFLOP/s = {how}")
     x = load_batch(args.dataset, args.data_dir, args.batch)
     rows = []
     for name in args.presets:
@@ -102,7 +109,7 @@ def main() -> None:
                   f"{r['samples_per_cpu_s']:7.1f} samples/CPU-s  "
                   f"load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
     if args.json:
-        print(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+        print(json.dumps({"threads": args.threads, "peak_gflops": args.peak, "peak_how": how, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_overrides_are_typed_and_roundtrip(tmp_path):
 @pytest.mark.parametrize("override, field", [
     ("train.lr=abc", "train.lr"), ("train.lrr=1", "train.lrr"), ("data.alpha=0", "data.alpha"),
     ("agp.zeta_max=1.0", "agp.zeta_max"), ("rounds=2.5", "rounds"), ("model.mentors=M", "model.mentors"),
+    ("model.bandwidth_ratio=1/0", "model.bandwidth_ratio"), ("model.bandwidth_ratio=abc", "model.bandwidth_ratio"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(PsflError, match=field.replace(".", r"\.")):
@@ -34,3 +35,20 @@ def test_missing_file():
     with pytest.raises(PsflError, match="not found"):
         load_config("/nonexistent.toml")
     assert RunConfig().validate().rounds >= 1
+
+
+def test_bandwidth_ratio_builds_every_model_of_the_run_for_it():
+    """model.bandwidth_ratio reaches every model the engine builds (pooled and fresh
+    states), so mentors, student and contenders all send k/n of the image."""
+    import torch
+
+    from psfl.channel import create_channel
+    from psfl.methods.base import ModelFactory
+
+    cfg = load_config(None, ['model.bandwidth_ratio="1/6"', 'model.family="tiny"'])
+    f = ModelFactory(0, "tiny", 32, 3, create_channel("awgn"), torch.device("cpu"), cfg.model.ratio())
+    for preset in ("tiny-M", "tiny-H", "tiny-CSC"):
+        m = f.model(preset)
+        assert m.bandwidth_ratio == pytest.approx(1 / 6)  # 3072 / 6 = 512 complex symbols: 64 or 16 tokens
+        assert f.fresh_state(preset, 1)["channel_encoder.weight"].shape == m.channel_encoder.weight.shape
+    assert load_config(None, []).model.ratio() is None

@@ -335,3 +335,18 @@ def test_cuda_run_central_end_to_end(cuda, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["device"]["type"] == "cuda" and saved["device"]["name"] == torch.cuda.get_device_name(cuda)
     assert module_device(load_model_checkpoint(r.checkpoint)) == torch.device("cpu")
+
+
+def test_nominal_peak_counts_cores_lanes_and_clock():
+    """The benchmarks' peak: cores x 2 FMA x SIMD lanes x 2 FLOP x clock, lanes from the
+    CPU's flags (16 with AVX-512, 8 with AVX2)."""
+    from pathlib import Path
+
+    from psfl.utils.device import nominal_peak_gflops
+
+    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("flags")), [])
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    one, how = nominal_peak_gflops(1, ghz=2.5)
+    assert one == pytest.approx(2 * lanes * 2 * 2.5) and f"{lanes} " in how and "given" in how
+    assert nominal_peak_gflops(2, ghz=2.5)[0] == pytest.approx(2 * one)

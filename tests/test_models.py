@@ -12,7 +12,7 @@ from psfl.models import (MODELS, count_parameters, create_model, list_models, mo
                          model_table)
 from psfl.models.gsc import patchify, sincos_2d, unpatchify
 
-SMALL = list_models("cpu-*") + list_models("tiny-*")
+SMALL = list_models("cpu-*") + list_models("tiny-*") + list_models("deepjscc*")
 SHAPES = [(28, 1), (32, 3)]
 
 
@@ -174,7 +174,7 @@ def test_registry_errors_are_clear():
         create_model("tiny-M", img_size=28, in_chans=1, embed_width=3)
     assert set(list_models("paper-*")) == {"paper-M", "paper-L", "paper-H", "paper-CSC"}
     for name in MODELS:
-        assert MODELS.get(name).family in ("gsc", "csc")
+        assert MODELS.get(name).family in ("gsc", "csc", "jscc")
 
 
 def test_create_model_records_preset_and_overrides():
@@ -192,3 +192,87 @@ def test_models_cli_json(capsys):
     assert rows["paper-H"]["ratio_vs_M"] == pytest.approx(657_924_684 / 112_442_112)
     assert main(["models", "tiny-*"]) == 0
     assert "tiny-CSC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size,chans", SHAPES)
+@pytest.mark.parametrize("name", SMALL)
+def test_channel_symbols_and_bandwidth_ratio_are_what_a_forward_sends(name, size, chans):
+    """k/n is measured off the symbols a forward puts on the air: X per image, halved
+    (complex), over the image's C H W values."""
+    model = create_model(name, img_size=size, in_chans=chans)
+    out = model(_batch(size, chans), 10.0, generator=torch.Generator().manual_seed(0))
+    sent = out.X[0].numel()
+    assert model.channel_symbols == sent
+    assert model.bandwidth_ratio == pytest.approx(sent / 2 / (chans * size * size), rel=1e-12)
+
+
+def test_bandwidth_ratio_hand_computed_for_the_cpu_presets():
+    """The issue-27 numbers: cpu-M at 28x28x1 sends 49 tokens x 64 = 3,136 real symbols
+    (k/n = 1568 / 784 = 2); cpu-CSC 16 x 64 = 1,024 (k/n = 512 / 784); on 32x32x3 the
+    CSC's 1,024 real symbols are 512 complex ones for 3,072 values: exactly 1/6."""
+    assert model_info("cpu-M")["channel_symbols"] == 3136 and model_info("cpu-M")["bandwidth_ratio"] == 2.0
+    assert model_info("cpu-CSC")["bandwidth_ratio"] == pytest.approx(512 / 784)
+    assert model_info("cpu-CSC", 32, 3)["bandwidth_ratio"] == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("ratio,size,chans,name,c", [
+    (1 / 6, 32, 3, "cpu-M", 16), (1 / 12, 32, 3, "cpu-M", 8),  # 3072 / 6 = 512 complex over 64 tokens -> 8 each
+    (1 / 6, 32, 3, "cpu-CSC", 64), (1 / 12, 32, 3, "cpu-CSC", 32),  # over 16 tokens -> 32 / 16 complex each
+    (1 / 6, 28, 1, "cpu-M", 6),  # 784 / 6 = 130.7 complex over 49 tokens = 2.67 -> 3 -> c = 6, k/n = 147 / 784
+])
+def test_presets_built_for_a_bandwidth_ratio(ratio, size, chans, name, c):
+    from psfl.models import channel_dim_for
+
+    m = create_model(name, img_size=size, in_chans=chans, bandwidth_ratio=ratio)
+    assert m.channel_dim == c == channel_dim_for(name, ratio, size, chans)
+    assert m.preset["overrides"] == {"channel_dim": c}  # checkpoints rebuild the same model
+    reached = m.channel_symbols / 2 / (chans * size * size)
+    assert m.bandwidth_ratio == pytest.approx(reached)
+    if size == 32:
+        assert reached == pytest.approx(ratio)
+    with pytest.raises(PsflError, match="not both"):
+        create_model(name, img_size=size, in_chans=chans, bandwidth_ratio=ratio, channel_dim=4)
+
+
+def test_ratio_parsing_and_formatting():
+    from psfl.models import format_ratio, parse_ratio
+
+    assert parse_ratio("1/6") == pytest.approx(1 / 6) and parse_ratio("0.25") == 0.25 and parse_ratio(2) == 2.0
+    for bad in ("x/6", "1/0", "0", "-1/6", "100"):
+        with pytest.raises(PsflError):
+            parse_ratio(bad)
+    assert [format_ratio(r) for r in (1 / 6, 1 / 12, 0.1875, 2.0, 512 / 784)] == ["1/6", "1/12", "0.188", "2.00",
+                                                                                 "0.653"]
+
+
+def test_deepjscc_layout_matches_bourtsoulatze_2019():
+    """5 convs 5x5 (16, 32, 32, 32, c; strides 2, 2, 1, 1, 1) with PReLU, mirrored
+    transposed convs, sigmoid output; at 32x32x3 an 8x8 map of c = 16 symbols: k/n = 1/6."""
+    m = create_model("deepjscc", img_size=32, in_chans=3)
+    assert m.grid == (8, 8) and m.channel_dim == 16 and m.bandwidth_ratio == pytest.approx(1 / 6)
+
+    def conv(cin, cout):  # 5x5 weights + bias + the PReLU's per-channel slope
+        return cin * cout * 25 + cout
+
+    enc = [(3, 16), (16, 32), (32, 32), (32, 32), (32, 16)]
+    dec = [(16, 32), (32, 32), (32, 32), (32, 16), (16, 3)]
+    expected = sum(conv(a, b) + b for a, b in enc) + sum(conv(a, b) + b for a, b in dec) - 3  # no PReLU at the end
+    assert count_parameters(m) == expected
+    x = _batch(32, 3)
+    out = m(x, 10.0, generator=torch.Generator().manual_seed(0))
+    x_hat = out.x_hat.detach()
+    assert x_hat.shape == x.shape and float(x_hat.min()) >= 0 and float(x_hat.max()) <= 1
+    assert create_model("deepjscc", img_size=32, in_chans=3, bandwidth_ratio=1 / 12).channel_dim == 8
+
+
+def test_gdn_hand_computation_and_inverse():
+    """GDN at its initialisation (beta = 1, gamma = 0.1 I): y = x / sqrt(1 + 0.1 x^2);
+    the inverse multiplies; both pass gradients to beta and gamma."""
+    from psfl.models.deepjscc import GDN
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g, ig = GDN(3).double(), GDN(3, inverse=True).double()
+    ref = torch.sqrt(1 + 0.1 * x * x)
+    assert torch.allclose(g(x), x / ref, atol=1e-9) and torch.allclose(ig(x), x * ref, atol=1e-9)
+    g(x).sum().backward()
+    assert g.beta.grad is not None and g.gamma.grad is not None and g.gamma.grad.abs().sum() > 0

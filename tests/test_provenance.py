@@ -60,6 +60,7 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         "data.min_client_size": "5000", "data.eval_samples": "32", "data.local_eval_samples": "16",
         "model.family": '"cpu"', "model.student": '"cpu-CSC"', "model.mentor_rule": '"uniform-M"',
         "model.mentors": '["L", "M", "M"]', "model.mentor_init": f'{{M = "{ckpt}"}}',
+        "model.bandwidth_ratio": '"1/6"',
         "train.local_steps": "2", "train.local_epochs": "1", "train.batch_size": "8", "train.optimizer": '"adam"',
         "train.lr": "0.03", "train.student_lr": "0.01", "train.momentum": "0.5", "train.weight_decay": "0.01",
         "train.grad_clip": "0.1", "train.temperature": "3.0", "train.eps": "0.5", "train.mse_weight": "4.0",

@@ -142,6 +142,10 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, cache, cap
     assert main(argv + ["--datasets", "fashion_mnist"]) == 0
     assert " start " not in capsys.readouterr().out
     assert {fig: (out / fig / "curves.csv").read_text() for fig in before} == before
+    # naming one experiment redraws its figure; the claims still cover every experiment's datasets
+    claims = (out / "claims.md").read_text()
+    assert main(argv[:1] + ["fig11"] + argv[2:] + ["--figures-only"]) == 0
+    assert (out / "claims.md").read_text() == claims and "cifar100" in claims
 
 
 def test_missing_data_is_skipped_by_default_and_refused_when_asked(exp_dir, tmp_path, capsys):

@@ -62,6 +62,9 @@ def test_task_loss_matches_hand_computation():
     assert float(terms["ce"]) == pytest.approx(ce, abs=2e-6)
     assert float(terms["mse"]) == pytest.approx(mse, abs=2e-6)
     assert float(terms["loss"]) == pytest.approx(ce + mse, abs=2e-6)
+    pure = task_loss(out, x, y, ev, mse_scale=2.0, ce_weight=0.0)  # deep JSCC's objective: MSE alone
+    assert float(pure["loss"]) == pytest.approx(2 * mse, abs=2e-6) and float(pure["ce"]) == pytest.approx(ce, abs=2e-6)
+    assert float(task_loss(out, x, y, ev, ce_weight=0.5)["loss"]) == pytest.approx(0.5 * ce + mse, abs=2e-6)
 
 
 def test_sample_snr_fixed_or_per_sample_range():

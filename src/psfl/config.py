@@ -53,6 +53,18 @@ class ModelConfig:
     # per tier, a `psfl pretrain` / `save_model_checkpoint` file whose preset is that tier's
     # mentor preset, e.g. {M = "m.pt", H = "h.pt"}; tiers not named start from random weights
     mentor_init: dict[str, str] = field(default_factory=dict)
+    # k/n of every SC model of the run (e.g. "1/6", "1/12"): complex channel symbols per
+    # source value; each preset's channel width c is set to reach it (psfl.models.
+    # channel_dim_for; provenance.json records the k/n reached). "" keeps each preset's c.
+    # It changes what an image costs on the air, not the bits or energy of model uploads.
+    bandwidth_ratio: str = ""
+
+    def ratio(self) -> float | None:
+        """``bandwidth_ratio`` as a number (None: each preset's own)."""
+        from psfl.models import parse_ratio
+
+        return parse_ratio(self.bandwidth_ratio, "config field model.bandwidth_ratio") \
+            if self.bandwidth_ratio else None
 
 
 @dataclass
@@ -333,6 +345,7 @@ class RunConfig:
         from psfl.fl.mentors import TIERS
 
         m = self.model
+        m.ratio()  # a malformed model.bandwidth_ratio is refused here
         if m.mentors and len(m.mentors) != self.data.num_clients:
             raise PsflError(f"config field model.mentors: {len(m.mentors)} entries for "
                             f"{self.data.num_clients} clients")
@@ -360,6 +373,7 @@ class RunConfig:
 @dataclass
 class PretrainConfig:
     model: str = "cpu-M"  # a GSC preset
+    bandwidth_ratio: str = ""  # k/n of the mentor (as model.bandwidth_ratio of the runs it serves); "" = preset's
     dataset: str = "fashion_mnist"
     source: str = "auto"  # psfl.data source: auto / npz / bundled / torchvision
     data_dir: str | None = None

@@ -145,7 +145,7 @@ def pretrain(cfg: PretrainConfig, log: Callable[[dict[str, float]], None] | None
     (:func:`psfl.models.save_model_checkpoint`, config and final metrics included; CPU
     tensors, so it loads anywhere). Runs on ``cfg.device``."""
     from psfl import data as D
-    from psfl.models import MODELS, create_model, save_model_checkpoint
+    from psfl.models import MODELS, create_model, parse_ratio, save_model_checkpoint
 
     cfg.validate()
     dev = resolve_device(cfg.device)
@@ -160,7 +160,9 @@ def pretrain(cfg: PretrainConfig, log: Callable[[dict[str, float]], None] | None
     x_train = prepared.x_train[: cfg.max_train] if cfg.max_train > 0 else prepared.x_train
     x_eval = prepared.x_test[: cfg.eval_samples]
     with seeded(cfg.seed):  # parameter initialisation (on the CPU) only; the global state is restored
-        model = create_model(cfg.model, img_size=prepared.input.size, in_chans=prepared.input.channels)
+        model = create_model(cfg.model, img_size=prepared.input.size, in_chans=prepared.input.channels,
+                             bandwidth_ratio=parse_ratio(cfg.bandwidth_ratio, "pretrain bandwidth_ratio")
+                             if cfg.bandwidth_ratio else None)
     model.to(dev)
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()

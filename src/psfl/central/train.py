@@ -37,11 +37,11 @@ def sample_snr(train_snr_db: float | tuple[float, float], batch: int,
 
 def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr_db: float | Tensor,
                optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None,
-               mse_scale: float = 1.0) -> dict[str, float]:
+               mse_scale: float = 1.0, ce_weight: float = 1.0) -> dict[str, float]:
     """One optimiser step on the task loss; returns the loss terms as floats. ``x``, ``y``,
     ``model`` and ``evaluator`` on one device."""
     out = model(x, snr_db, generator=generator)
-    terms = task_loss(out, x, y, evaluator, mse_scale)
+    terms = task_loss(out, x, y, evaluator, mse_scale, ce_weight)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     optimizer.step()
@@ -51,7 +51,8 @@ def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr
 def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, batch_size: int = 64,
         lr: float = 1e-3, optimizer: str = "adamw", train_snr_db: float | tuple[float, float] = 10.0,
         channel: Channel | None = None, seed: int = 0, weight_decay: float = 0.0, momentum: float = 0.9,
-        max_samples: int | None = None, progress: bool = True, mse_scale: float = 1.0) -> list[dict[str, float]]:
+        max_samples: int | None = None, progress: bool = True, mse_scale: float = 1.0,
+        ce_weight: float = 1.0) -> list[dict[str, float]]:
     """Train ``model`` centrally on ``prepared.x_train`` (a ``psfl.data.PreparedData``).
 
     ``optimizer``: a name in ``psfl.training.optim.OPTIMIZERS`` (sgd / adam / adamw).
@@ -85,7 +86,7 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
             for xb, yb in iterate_batches(x, y, batch_size, g, shuffle=True):
                 xb, yb = to_device(xb, dev), to_device(yb, dev)
                 terms = train_step(model, evaluator, xb, yb, sample_snr(train_snr_db, xb.shape[0], g), opt, g,
-                                   mse_scale)
+                                   mse_scale, ce_weight)
                 for k in sums:
                     sums[k] += terms[k] * xb.shape[0]
                 seen += xb.shape[0]
@@ -105,6 +106,7 @@ class CentralConfig:
     """`psfl train`: one SC model trained centrally, then scored at several test SNRs."""
 
     model: str = "cpu-M"
+    bandwidth_ratio: float | None = None  # k/n: sets the model's channel width (None: the preset's)
     dataset: str = "fashion_mnist"
     source: str = "auto"
     data_dir: str | None = None
@@ -129,6 +131,7 @@ class CentralConfig:
     score_seed: int = 1
     mse_weight: float = 1.0  # see RunConfig.train.mse_weight / mse_space
     mse_space: str = "standardized"
+    ce_weight: float = 1.0  # weight of the CE term of the task loss (0: pure MSE, deep JSCC's objective)
     device: str = "cpu"  # auto | cpu | cuda[:i] (psfl.utils.device.resolve_device)
 
 
@@ -142,6 +145,7 @@ class CentralResult:
     params: int
     baselines: dict[str, dict[str, float]]  # trivial reconstructions' PSNR/SSIM on the same test images
     device: dict[str, Any] | None = None  # psfl.utils.device.device_info of the run
+    bandwidth: dict[str, Any] | None = None  # channel_dim, channel_symbols (real, per image), bandwidth_ratio (k/n)
 
 
 def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -184,11 +188,12 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
                             dataset_obj=ds, device=dev)
     mse_scale = mse_scale_for(prepared, cfg.mse_weight, cfg.mse_space)
     with seeded(cfg.seed):  # seeded init (on the CPU) without touching global state
-        model = create_model(cfg.model, img_size=res.size, in_chans=res.channels, channel=cfg.channel)
-    model.to(dev)
+        model = create_model(cfg.model, img_size=res.size, in_chans=res.channels, channel=cfg.channel,
+                             bandwidth_ratio=cfg.bandwidth_ratio)
+    model.to(dev, memory_format=model.memory_format)
     history = fit(model, evaluator, prepared, cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer,
                   cfg.train_snr_db, seed=cfg.seed, weight_decay=cfg.weight_decay,
-                  max_samples=cfg.max_samples, progress=progress, mse_scale=mse_scale)
+                  max_samples=cfg.max_samples, progress=progress, mse_scale=mse_scale, ce_weight=cfg.ce_weight)
     seconds = sum(h["seconds"] for h in history)
     seen = sum(h["samples_per_s"] * h["seconds"] for h in history)
     x_test, y_test = _test_subset(prepared, cfg.eval_samples, cfg.seed)
@@ -205,8 +210,10 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     config = {**asdict(cfg), "input_preset": res.name, "dataset_fingerprint": ds.fingerprint(),
               "dataset_source": ds.source, "mse_scale": mse_scale}
     ckpt = save_model_checkpoint(model, out / "model.pt", config=config)
+    bandwidth = {"channel_dim": model.channel_dim, "channel_symbols": model.channel_symbols,
+                 "bandwidth_ratio": model.bandwidth_ratio}
     result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model), baselines,
-                           device_info(dev))
+                           device_info(dev), bandwidth)
     _write_outputs(result, config, out)
     return result
 
@@ -219,7 +226,7 @@ def _write_outputs(r: CentralResult, config: dict[str, Any], out: Path) -> None:
     summary = {"config": config, "params": r.params, "train_samples_per_s": r.samples_per_s,
                "clean_accuracy": r.clean_accuracy, "table": r.table, "history": r.history,
                "baselines": r.baselines,
-               "checkpoint": str(r.checkpoint), "device": r.device}
+               "checkpoint": str(r.checkpoint), "device": r.device, "bandwidth": r.bandwidth}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
@@ -232,6 +239,11 @@ def format_central_table(r: CentralResult) -> str:
     for name, b in r.baselines.items():
         rows.append(f"baseline {name:>12}: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
     rows.append(f"accuracy = independent scorer; scorer on clean test images: {r.clean_accuracy:.4f}")
+    if r.bandwidth is not None:
+        from psfl.models import format_ratio
+
+        rows.append(f"bandwidth: k/n = {format_ratio(r.bandwidth['bandwidth_ratio'])} "
+                    f"({r.bandwidth['channel_symbols']:,} real channel symbols per image, c = {r.bandwidth['channel_dim']})")
     where = f" on {r.device['device']} ({r.device['name']})" if r.device else ""
     rows.append(f"training{where}: {r.samples_per_s:.0f} samples/s, {r.params:,} parameters, "
                 f"checkpoint {r.checkpoint}")

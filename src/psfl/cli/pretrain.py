@@ -14,6 +14,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     d = PretrainConfig()
     p.add_argument("--model", default=d.model, help="GSC preset (see `psfl models`)")
+    p.add_argument("--bandwidth-ratio", default=d.bandwidth_ratio, metavar="K/N",
+                   help="k/n of the mentor, as model.bandwidth_ratio of the runs it will serve (default: the preset's)")
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--source", default=d.source, help="auto / npz / bundled / torchvision")
     p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout)")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = PretrainConfig(model=args.model, dataset=args.dataset, source=args.source, data_dir=args.data_dir,
+    cfg = PretrainConfig(model=args.model, bandwidth_ratio=args.bandwidth_ratio, dataset=args.dataset, source=args.source, data_dir=args.data_dir,
                          max_train=args.max_train, mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix_loss,
                          snr_db=args.snr_db, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,

@@ -23,6 +23,9 @@ def _snr_range(text: str) -> float | tuple[float, float]:
 @command("train", help="Train one SC model centrally (no federation) and report accuracy/PSNR/SSIM vs SNR")
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="cpu-M", help="model preset (see `psfl models`), default cpu-M")
+    p.add_argument("--bandwidth-ratio", metavar="K/N",
+                   help="k/n, complex channel symbols per source value (e.g. 1/6): sets the model's channel "
+                        "width c (default: the preset's)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--data-dir", help="folder with {dataset}.npz (Keras layout)")
     p.add_argument("--source", default="auto", help="auto | npz | torchvision | bundled")
@@ -47,6 +50,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluator-cache-dir")
     p.add_argument("--score-arch", default="lenet", help="independent scorer's arch (default lenet)")
     p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE term (default 1)")
+    p.add_argument("--ce-weight", type=float, default=1.0,
+                   help="weight of the CE term (default 1, the paper's loss; 0: pure MSE, deep JSCC's objective)")
     p.add_argument("--mse-space", default="standardized", choices=("standardized", "unit"),
                    help="MSE of z-scored pixels (default) or of [0, 1] pixels")
     p.add_argument("--out", required=True, help="output folder (model.pt, eval.csv, history.json, result.json)")
@@ -57,19 +62,21 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from psfl.central.train import CentralConfig, format_central_table, run_central
+    from psfl.models import parse_ratio
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.max_samples is not None and args.max_samples < 1:
         raise PsflError(f"--max-samples must be >= 1, got {args.max_samples}")
     cfg = CentralConfig(
-        model=args.model, dataset=args.dataset, source=args.source, data_dir=args.data_dir, epochs=args.epochs,
+        model=args.model, dataset=args.dataset,
+        bandwidth_ratio=parse_ratio(args.bandwidth_ratio, "--bandwidth-ratio") if args.bandwidth_ratio else None, source=args.source, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         train_snr_db=args.snr, channel=args.channel, test_snr_db=tuple(args.test_snr),
         eval_samples=args.eval_samples, max_samples=args.max_samples, seed=args.seed,
         evaluator_arch=args.evaluator_arch, evaluator_epochs=args.evaluator_epochs,
         evaluator_checkpoint=args.evaluator_checkpoint, evaluator_cache_dir=args.evaluator_cache_dir,
-        score_arch=args.score_arch, mse_weight=args.mse_weight, mse_space=args.mse_space,
+        score_arch=args.score_arch, mse_weight=args.mse_weight, mse_space=args.mse_space, ce_weight=args.ce_weight,
         device=args.device,
     )
     print(format_central_table(run_central(cfg, args.out, progress=not args.no_progress)))

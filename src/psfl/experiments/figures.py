@@ -44,6 +44,8 @@ for _name, _fn, _label in (
     ("global_accuracy", lambda r: r["global"]["accuracy"], "global accuracy (scorer, test images)"),
     ("global_loss", lambda r: r["global"]["loss"], "global test loss (CE + weighted MSE)"),
     ("global_psnr", lambda r: r["global"]["psnr"], "global PSNR (dB)"),
+    ("global_loss_clf_accuracy", lambda r: r["global"].get("loss_clf_accuracy", float("nan")),
+     "global accuracy (loss classifier, test images)"),
     ("local_accuracy", lambda r: r["mean_local_acc"], "local accuracy (mean over clients)"),
     ("local_loss", _client_mean("mentor_task", "local_task"), "local task loss (mean over clients)"),
     ("mentor_accuracy", _client_mean("mentor_acc"), "accuracy (mean over clients)"),
@@ -171,11 +173,17 @@ def write_summary(inp: FigureInput, metrics: Sequence[str], out: Path, fmt: dict
                 cells.append(pm(v, fmt.get(m, "{:.3f}")))
             rows.append(row)
             lines.append("| " + " | ".join(cells) + " |")
-    lines += panel_notes(inp)
+    return write_tables(inp, lines, rows, out)
+
+
+def write_tables(inp: FigureInput, lines: list[str], rows: list[dict[str, Any]], out: Path,
+                 fields: Sequence[str] | None = None) -> list[Path]:
+    """``summary.md`` (the figure's title, the markdown ``lines``, the panel notes) and
+    ``summary.csv`` (``rows``; columns ``fields`` or the first row's keys)."""
     md, cs = out / "summary.md", out / "summary.csv"
-    md.write_text(f"# {inp.exp.title}\n\n" + "\n".join(lines) + "\n")
+    md.write_text(f"# {inp.exp.title}\n\n" + "\n".join([*lines, *panel_notes(inp)]) + "\n")
     with cs.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["dataset"])
+        w = csv.DictWriter(f, fieldnames=list(fields or (rows[0] if rows else ["dataset"])))
         w.writeheader()
         w.writerows(rows)
     return [md, cs]
@@ -371,14 +379,8 @@ def draw_energy(inp: FigureInput, out: Path) -> list[Path]:
                          "min": d.min(), "max": d.max(), "mean": d.mean()})
             lines.append(f"| {ds} | {s.label} | {d.size} | {med:.4g} | {q3 - q1:.4g} | {d.min():.4g} | "
                          f"{d.max():.4g} | {d.mean():.4g} |")
-    lines += panel_notes(inp)
-    md, cs = out / "summary.md", out / "summary.csv"
-    md.write_text(f"# {inp.exp.title}\n\n" + "\n".join(lines) + "\n")
-    with cs.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["dataset", "series", "n", "median", "iqr", "min", "max", "mean"])
-        w.writeheader()
-        w.writerows(rows)
-    return [png, md, cs, write_curves_csv(inp, ["energy"], out)]
+    tables = write_tables(inp, lines, rows, out, ["dataset", "series", "n", "median", "iqr", "min", "max", "mean"])
+    return [png, *tables, write_curves_csv(inp, ["energy"], out)]
 
 
 def draw_partition(inp: FigureInput, out: Path) -> list[Path]:
@@ -510,9 +512,73 @@ def _recon_grid(original, cols, labels: Sequence[str], path: Path, title: str) -
     return path
 
 
+def clean_accuracies(inp: FigureInput, ds: str) -> dict[str, float]:
+    """The loss classifier's and the scorer's accuracy on clean test images, from the
+    provenance of the panel's finished runs (one pair: the runs share their evaluators)."""
+    for s in inp.exp.series_for(ds):
+        paths = inp.paths.get((ds, s.label), {})
+        for k in finished_seeds(inp, ds, s.label):
+            try:
+                ev = json.loads((paths[k] / "provenance.json").read_text())["evaluators"]
+                return {"scorer": float(ev["scorer"]["test_accuracy"]),
+                        "loss_classifier": float(ev["loss_classifier"]["test_accuracy"])}
+            except (OSError, KeyError, ValueError, TypeError):
+                continue
+    return {}
+
+
+def draw_fooling(inp: FigureInput, out: Path) -> list[Path]:
+    """Per dataset: for every series, the loss classifier's accuracy (dashed) against the
+    independent scorer's (solid) on the same reconstructions of the global test images,
+    per round; dotted: the scorer on clean test images. A loss classifier far above the
+    scorer means the model learnt to fool the classifier inside its loss, not to transmit."""
+    plt, fig, axes = _grid(1, max(1, len(inp.datasets)), w=5.2, h=3.8)
+    rows, lines = [], ["| dataset | series | seeds | scorer acc (last 5) | loss-clf acc (last 5) | "
+                       "fooling gap: loss-clf - scorer | scorer on clean images | scorer / clean |",
+                       "|---|---|---|---|---|---|---|---|"]
+    for j, ds in enumerate(inp.datasets):
+        ax = axes[0][j]
+        clean = clean_accuracies(inp, ds)
+        for s in inp.exp.series_for(ds):
+            runs = inp.records.get((ds, s.label), {})
+            a = curves(runs, "global_accuracy", inp.rounds[ds])
+            b = curves(runs, "global_loss_clf_accuracy", inp.rounds[ds])
+            if not a.size:
+                continue
+            x = np.arange(1, a.shape[1] + 1)
+            line, = ax.plot(x, a.mean(0), "-", label=f"{s.label} (n={a.shape[0]})")
+            ax.plot(x, b.mean(0), "--", color=line.get_color())
+            va, vb = last_mean(a), last_mean(b)
+            gap = vb - va
+            ref = clean.get("scorer", float("nan"))
+            rows.append({"dataset": ds, "series": s.label, "seeds": a.shape[0], "scorer": float(va.mean()),
+                         "loss_classifier": float(vb.mean()), "gap": float(gap.mean()),
+                         "gap_sd": float(gap.std(ddof=1)) if gap.size > 1 else float("nan"),
+                         "scorer_clean": ref, "loss_classifier_clean": clean.get("loss_classifier", float("nan")),
+                         "scorer_over_clean": float(va.mean()) / ref if ref == ref else float("nan")})
+            lines.append(f"| {ds} | {s.label} | {a.shape[0]} | {pm(va)} | {pm(vb)} | {pm(gap)} | {ref:.3f} | "
+                         f"{float(va.mean()) / ref:.2f} |")
+        if "scorer" in clean:
+            ax.axhline(clean["scorer"], color="gray", linestyle=":")
+        ax.set(xlabel="communication round", ylabel="global accuracy (test images)", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # colours: series; line styles: who scores
+            ax.add_artist(ax.legend(fontsize=6, loc="upper left"))
+            ax.legend(handles=[ax.plot([], [], "k-")[0], ax.plot([], [], "k--")[0], ax.plot([], [], ":", color="gray")[0]],
+                      labels=["scorer", "loss classifier", "scorer, clean images"], fontsize=6, loc="upper right")
+        else:
+            _legend(ax)
+        _panel_title(ax, j, ds)
+    _not_run_note(fig, inp)
+    png = _save(plt, fig, out / f"{inp.exp.name}.png", inp.exp.title)
+    return [png, *write_tables(inp, lines, rows, out),
+            write_curves_csv(inp, ["global_accuracy", "global_loss_clf_accuracy"], out)]
+
+
 FIGURES.register("curves")(Figure(draw_curves, _need("metrics", "series")))
 FIGURES.register("mentor_student")(Figure(draw_mentor_student, _need("metrics", "series")))
 FIGURES.register("contenders")(Figure(draw_contenders, _need("metrics", "series")))
 FIGURES.register("energy")(Figure(draw_energy, _need("series")))
 FIGURES.register("partition")(Figure(draw_partition, _need("alphas")))
 FIGURES.register("reconstructions")(Figure(draw_reconstructions, _need("series", "snrs")))
+FIGURES.register("fooling")(Figure(draw_fooling, _need("series")))

@@ -86,6 +86,15 @@ def baseline_rows(baselines: dict[str, dict[str, float]]) -> list[tuple[str, str
     return [(f"  baseline: {names.get(k, k)}", f"{v['psnr']:.2f} dB / {v['ssim']:.4f}") for k, v in baselines.items()]
 
 
+def bandwidth_rows(models: dict[str, Any]) -> list[tuple[str, str]]:
+    """One row per SC model of the run: k/n and real channel symbols per image."""
+    from psfl.models import format_ratio
+
+    return [(f"k/n of {name} (symbols per image)", f"{format_ratio(m['bandwidth_ratio'])} "
+             f"({m['channel_symbols']:,} real, c = {m['channel_dim']})")
+            for name, m in models.items() if isinstance(m, dict) and "bandwidth_ratio" in m]
+
+
 def summary_rows(records: Sequence[dict[str, Any]], run_dir: Path | None = None) -> list[tuple[str, str]]:
     """The run summary; the first lines are the headline: the independent scorer's
     global accuracy and PSNR/SSIM next to the trivial baselines (from provenance.json)."""
@@ -107,6 +116,7 @@ def summary_rows(records: Sequence[dict[str, Any]], run_dir: Path | None = None)
         ("method", str(last["method"])),
         ("rounds", str(len(records))),
         ("data", f"{data.get('source', '?')} (fingerprint {str(data.get('fingerprint', '?'))[:12]})"),
+        *bandwidth_rows(prov.get("models", {})),
         ("PSFL accuracy (mean mentor acc, last round)", _num(client_mean(last, 'mentor_acc'))),
         ("  mentor acc, round 1", _num(client_mean(records[0], 'mentor_acc'))),
         ("mean student local acc (last round)", _num(client_mean(last, 'student_acc'))),

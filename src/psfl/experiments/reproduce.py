@@ -366,8 +366,12 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
         if evaluators is not None:
             _share_evaluators(evaluators, runs, scale, available, extra, log)
     paths = draw(exps, scale, every_run, skipped, drawn, out_root, extra, device, failed) if figures else []
-    if figures:
-        paths.append(write_claims(scale, seeds, runs_root, drawn, skipped, out_root, extra, root))
+    if figures:  # the claims judge every experiment, also when only some were named
+        claimed = list(dict.fromkeys(d for n in experiment_names(root) for d in load_experiment(n, root).datasets))
+        unclaimed = {ds: skipped[ds] if ds in skipped else data_problem(scale, ds, extra) for ds in claimed}
+        unclaimed = {ds: why for ds, why in unclaimed.items() if why}
+        paths.append(write_claims(scale, seeds, runs_root, [d for d in claimed if d not in unclaimed], unclaimed,
+                                  out_root, extra, root))
     return Outcome(runs, failed, {d: w for d, w in skipped.items() if d in asked}, paths)
 
 

@@ -99,9 +99,10 @@ class ModelFactory:
     init, the configured channel installed, on ``device``), and seeded initial states."""
 
     def __init__(self, seed: int, family: str, img_size: int, in_chans: int, channel: nn.Module,
-                 device: torch.device) -> None:
+                 device: torch.device, bandwidth_ratio: float | None = None) -> None:
         self.seed, self.family, self.img_size, self.in_chans = seed, family, img_size, in_chans
         self.channel, self.device = channel, device
+        self.bandwidth_ratio = bandwidth_ratio  # k/n of every model (None: each preset's own c)
         self._pool: dict[str, nn.Module] = {}
 
     def model(self, preset: str) -> nn.Module:
@@ -110,9 +111,10 @@ class ModelFactory:
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(self.seed, 0xA11, *map(ord, preset)))
-                m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
+                m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans,
+                                 bandwidth_ratio=self.bandwidth_ratio)
             m.channel = self.channel
-            self._pool[preset] = m.to(self.device)
+            self._pool[preset] = m.to(self.device, memory_format=m.memory_format)
         return self._pool[preset]
 
     def fresh_state(self, preset: str, *seed_parts: int) -> dict[str, Tensor]:
@@ -122,7 +124,8 @@ class ModelFactory:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, *seed_parts))
-            m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans)
+            m = create_model(preset, img_size=self.img_size, in_chans=self.in_chans,
+                             bandwidth_ratio=self.bandwidth_ratio)
         return {k: v.detach() for k, v in m.state_dict().items()}
 
     def preset(self, tier_or_name: str) -> str:
@@ -409,6 +412,6 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     return FederatedEnv(
         data=ClientShards(clients, [int(c.x.shape[0]) for c in clients], part.class_counts),
         evaluators=Evaluators(loss_clf, scorer, x_test, y_test, res, ds.num_classes, mse_scale),
-        models=ModelFactory(cfg.seed, cfg.model.family, res.size, res.channels, channel, dev),
+        models=ModelFactory(cfg.seed, cfg.model.family, res.size, res.channels, channel, dev, cfg.model.ratio()),
         seed=cfg.seed, cfg=cfg, provenance=provenance,
     )

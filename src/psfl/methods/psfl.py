@@ -113,6 +113,8 @@ class PSFL(FederatedMethod):
         self.student = env.models.model(self.student_preset)
         self.template = env.models.fresh_state(self.student_preset, 0xB0B)  # same init for every method
         self.mask_keys = prunable_keys(self.student, cfg.agp.prune_biases)
+        for tier in sorted(set(self.tiers)):  # every model of the run exists from the start (provenance)
+            env.models.model(env.models.preset(tier))
         self.mentor_init: dict[str, dict[str, torch.Tensor]] = {}
         unused = sorted(set(cfg.model.mentor_init) - set(self.tiers))
         if unused:

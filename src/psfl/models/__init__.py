@@ -31,7 +31,8 @@ from psfl.models.csc import CSCConfig, CSCModel
 from psfl.models.gsc import GSCConfig, GSCModel
 
 __all__ = [
-    "MODELS", "ModelPreset", "SCModel", "SCOutput", "count_parameters", "create_model",
+    "MODELS", "ModelPreset", "SCModel", "SCOutput", "count_parameters", "create_model", "format_ratio",
+    "parse_ratio", "channel_dim_for",
     "list_models", "model_info", "model_table", "GSCConfig", "GSCModel", "CSCConfig", "CSCModel",
     "LoadReport", "load_mae_checkpoint", "load_model_checkpoint", "save_model_checkpoint",
 ]
@@ -44,15 +45,48 @@ def _preset(name: str) -> ModelPreset:
         raise PsflError(str(e.args[0])) from None
 
 
+def parse_ratio(text: str | float, where: str = "bandwidth ratio") -> float:
+    """``"1/6"``, ``"0.25"`` or a number -> a bandwidth ratio k/n in (0, 16]
+    (:class:`PsflError` naming ``where`` otherwise)."""
+    from fractions import Fraction
+
+    try:
+        r = float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise PsflError(f"{where}: {text!r} is not a ratio (e.g. 1/6 or 0.25)") from None
+    if not 0 < r <= 16:
+        raise PsflError(f"{where}: k/n must be in (0, 16], got {text!r}")
+    return r
+
+
+def channel_dim_for(name: str, bandwidth_ratio: float, img_size: int | None = None,
+                    in_chans: int | None = None) -> int:
+    """The channel width c that makes preset ``name`` transmit ``bandwidth_ratio`` (k/n)
+    at this input size: the even c nearest to 2 k/n C H W / L (L tokens per image, two
+    real symbols per complex one; at least 2). The k/n reached is the model's
+    ``bandwidth_ratio`` (e.g. 1/6 of a 28x28x1 image over 49 tokens: c = 6, k/n = 0.1875)."""
+    model = create_model(name, img_size=img_size, in_chans=in_chans, device="meta")
+    tokens = model.grid[0] * model.grid[1]
+    values = model.in_chans * model.img_size * model.img_size
+    return 2 * max(1, round(bandwidth_ratio * values / tokens))
+
+
 def create_model(name: str, img_size: int | None = None, in_chans: int | None = None,
-                 device: torch.device | str | None = None, **overrides: Any) -> nn.Module:
+                 device: torch.device | str | None = None, bandwidth_ratio: float | None = None,
+                 **overrides: Any) -> nn.Module:
     """Build preset ``name``. ``img_size``/``in_chans`` default to the preset's (paper:
     224/3; cpu/tiny presets take the dataset's and require them). ``overrides`` replace
     fields of the preset's config dataclass (e.g. ``channel="rayleigh"``).
     ``device="meta"`` builds without memory (for parameter counts); any other device
     builds on the CPU and then moves there, so a seeded initialisation is the same on
-    every device."""
+    every device. ``bandwidth_ratio`` (k/n) sets the channel width c by
+    :func:`channel_dim_for` (recorded as the ``channel_dim`` override, so checkpoints
+    rebuild the same model)."""
     preset = _preset(name)
+    if bandwidth_ratio is not None:
+        if "channel_dim" in overrides:
+            raise PsflError(f"model preset {name!r}: give bandwidth_ratio or channel_dim, not both")
+        overrides["channel_dim"] = channel_dim_for(name, bandwidth_ratio, img_size, in_chans)
     kwargs: dict[str, Any] = dict(overrides)
     if img_size is not None:
         kwargs["img_size"] = int(img_size)
@@ -70,13 +104,23 @@ def create_model(name: str, img_size: int | None = None, in_chans: int | None = 
     return model
 
 
+def format_ratio(r: float) -> str:
+    """A bandwidth ratio as people quote it: ``1/6`` when within 1 % of a unit fraction,
+    else three significant digits (``2.00``, ``0.163``)."""
+    if 0 < r < 1 and abs(1 / r - round(1 / r)) <= 0.01 / r:
+        return f"1/{round(1 / r)}"
+    return f"{r:.3g}" if r < 1 else f"{r:.2f}"
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Preset names matching a shell-style ``pattern`` (e.g. ``"cpu-*"``)."""
     return MODELS.names(pattern)
 
 
 def model_info(name: str, img_size: int | None = None, in_chans: int | None = None) -> dict[str, Any]:
-    """Name, family, trainable parameter count, input preset, sizes and widths of a preset.
+    """Name, family, trainable parameter count, input preset, sizes and widths of a preset,
+    and what one image costs on the air: ``channel_symbols`` (real) and ``bandwidth_ratio``
+    (k/n, complex symbols per source value).
     Built on the meta device (instant, no memory). Native-size presets are counted at
     28x28x1 unless ``img_size``/``in_chans`` are given."""
     preset = _preset(name)
@@ -87,6 +131,7 @@ def model_info(name: str, img_size: int | None = None, in_chans: int | None = No
     return {"name": name, "family": preset.family, "params": count_parameters(model),
             "input_preset": preset.input_preset, "img_size": model.img_size, "in_chans": model.in_chans,
             "sem_dim": model.sem_dim, "channel_dim": model.channel_dim, "grid": list(model.grid),
+            "channel_symbols": model.channel_symbols, "bandwidth_ratio": model.bandwidth_ratio,
             "description": preset.description}
 
 

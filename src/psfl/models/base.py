@@ -54,15 +54,20 @@ class SCModel(nn.Module):
     Subclasses provide the semantic codec (:meth:`semantic_encode` ->
     ``S (B, L, D)`` and :meth:`semantic_decode`), and set ``channel_encoder``
     (bias-free ``Linear(D, c)``, the alpha of Eq. 5) and ``channel_decoder``
-    (bias-free ``Linear(c, D)``, the beta of Eq. 7). ``model.channel`` is a plain
+    (bias-free ``Linear(c, D)``, the beta of Eq. 7), or identities when the semantic
+    codec's own last layer emits the c channel symbols (DeepJSCC). ``model.channel`` is a plain
     replaceable attribute (any :class:`psfl.channel.Channel`).
 
     Attributes every model records: ``family`` ("gsc"/"csc"), ``sem_dim`` (D),
-    ``channel_dim`` (c), ``grid`` (h, w), ``img_size``, ``in_chans``.
+    ``channel_dim`` (c), ``grid`` (h, w), ``img_size``, ``in_chans``; from them
+    ``channel_symbols`` (L c real symbols per image) and ``bandwidth_ratio`` (k/n).
     """
 
     family: str = ""
     preset: dict | None = None  # set by psfl.models.create_model: name + build arguments
+    # the memory format its weights train fastest in (psfl.methods.base.ModelFactory puts
+    # the pooled models there; states keep their logical layout, every codec reshapes)
+    memory_format: torch.memory_format = torch.contiguous_format
     sem_dim: int
     channel_dim: int
     grid: tuple[int, int]
@@ -80,6 +85,18 @@ class SCModel(nn.Module):
     def semantic_decode(self, C: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         """S^-1(., delta) of Eq. 7: C (B, L, D) -> m_hat (B, C_in, H, W)."""
         raise NotImplementedError
+
+    @property
+    def channel_symbols(self) -> int:
+        """Real channel symbols one image puts on the air (mask ratio 0): L x c, with
+        L = h x w transmitted tokens (the shape of ``SCOutput.X`` per image)."""
+        return self.grid[0] * self.grid[1] * self.channel_dim
+
+    @property
+    def bandwidth_ratio(self) -> float:
+        """k/n, the bandwidth ratio of deep JSCC: complex channel symbols (two real ones
+        each) per source value, (L c / 2) / (C H W). Above 1 the link expands the image."""
+        return self.channel_symbols / 2 / (self.in_chans * self.img_size * self.img_size)
 
     def transmit(self, S: Tensor, snr_db: Tensor | float | None,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:

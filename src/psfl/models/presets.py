@@ -26,6 +26,10 @@ M : L : H : CSC = 1 : 2.87 : 6.08 : 0.51 (paper 1 : 2.94 : 5.85 : 0.49); at 32x3
 318,896 / 909,648 / 1,919,024 / 161,819 (1 : 2.85 : 6.02 : 0.51). The CSC trunk keeps
 ResNet-18's 2-2-2-2 BasicBlocks at stage widths (8, 16, 32, 48).
 
+``deepjscc`` / ``deepjscc-gdn`` (native size, c = 16): the DeepJSCC autoencoder of
+Bourtsoulatze et al. 2019 (:mod:`psfl.models.deepjscc`), the anchor that deep-JSCC
+results are quoted for; k/n = 1/6 at 32x32x3 (``bandwidth_ratio`` sets c for others).
+
 ``tiny`` (native size, c = 8), for tests: at 28x28x1 7,728 / 24,616 / 43,392 / 4,624
 parameters (1 : 3.19 : 5.62 : 0.60).
 """
@@ -39,6 +43,7 @@ from torch import nn
 from psfl.utils.errors import PsflError
 from psfl.models.base import MODELS, ModelPreset
 from psfl.models.csc import CSCConfig, CSCModel
+from psfl.models.deepjscc import DeepJSCCConfig, DeepJSCCModel
 from psfl.models.gsc import GSCConfig, GSCModel
 
 
@@ -64,6 +69,15 @@ def _csc(name: str, cfg: CSCConfig, img_size: int | None, in_chans: int | None) 
         if img_size is None or in_chans is None:
             raise PsflError(f"model preset {name!r} takes the dataset's size: pass img_size and in_chans")
         return CSCModel(_override(cfg, overrides, name), img_size, in_chans)
+
+    return build
+
+
+def _jscc(name: str, cfg: DeepJSCCConfig) -> Callable[..., nn.Module]:
+    def build(img_size: int | None = None, in_chans: int | None = None, **overrides: Any) -> DeepJSCCModel:
+        if img_size is None or in_chans is None:
+            raise PsflError(f"model preset {name!r} takes the dataset's size: pass img_size and in_chans")
+        return DeepJSCCModel(_override(cfg, overrides, name), img_size, in_chans)
 
     return build
 
@@ -98,6 +112,12 @@ for _tier, _cfg in _CPU.items():
 _register("cpu-CSC", "csc", "native",
           _csc("cpu-CSC", CSCConfig(widths=(8, 16, 32, 48), channel_dim=64, deconv_channels=(32, 16)), None, None),
           "CSC for CPU: ResNet-18 widths (8,16,32,48), deconvolutions (32, 16), c=64")
+
+# ------------------------------------------------------------------ DeepJSCC (the field's anchor)
+_register("deepjscc", "jscc", "native", _jscc("deepjscc", DeepJSCCConfig()),
+          "DeepJSCC (Bourtsoulatze 2019): conv 16-32-32-32-c, PReLU, c=16 (k/n=1/6 at 32x32x3)")
+_register("deepjscc-gdn", "jscc", "native", _jscc("deepjscc-gdn", DeepJSCCConfig(gdn=True)),
+          "DeepJSCC with GDN / inverse GDN before every PReLU, c=16 (k/n=1/6 at 32x32x3)")
 
 # ------------------------------------------------------------------ tiny (tests)
 _TINY_DEC = dict(patch_size=4, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, channel_dim=8)

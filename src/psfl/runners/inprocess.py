@@ -365,7 +365,21 @@ def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None 
         "command": list(command) if command is not None else list(sys.argv),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    return {"runtime": runtime, **env.provenance}
+    return {"runtime": runtime, **env.provenance, "models": model_records(env)}
+
+
+def model_records(env: FederatedEnv) -> dict[str, Any]:
+    """Every SC model the run built, by preset: parameters, channel width and what one
+    image costs on the air (real channel symbols, k/n)."""
+    from psfl.models import count_parameters
+
+    out: dict[str, Any] = {"note": "k/n: complex channel symbols per source value of one image sent over the SC "
+                                   "link; the run's bits and energy count model uploads (Eqs. 12-14), not these"}
+    for preset, m in sorted(env.models.models().items()):
+        out[preset] = {"params": count_parameters(m), "channel_dim": m.channel_dim, "tokens": m.grid[0] * m.grid[1],
+                       "channel_symbols": m.channel_symbols, "bandwidth_ratio": m.bandwidth_ratio,
+                       "requested_bandwidth_ratio": env.models.bandwidth_ratio}
+    return out
 
 
 def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:

@@ -81,6 +81,30 @@ def _cpu_fields() -> dict[str, str]:
     return out
 
 
+def nominal_peak_gflops(cores: int, ghz: float | None = None) -> tuple[float, str]:
+    """The nominal fp32 peak of ``cores`` CPU cores in GFLOP/s, and how it was computed:
+    cores x 2 FMA pipes x SIMD lanes (16 with AVX-512, 8 with AVX2, else 4) x 2 FLOP per
+    FMA x clock. The clock is ``ghz``, else the highest ``cpu MHz`` of ``/proc/cpuinfo``
+    (a virtual machine reports its nominal clock there; turbo is not counted)."""
+    flags: list[str] = []
+    mhz: list[float] = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags" and not flags:
+                    flags = value.split()
+                elif key.strip() == "cpu MHz":
+                    mhz.append(float(value))
+    except (OSError, ValueError):
+        pass
+    lanes, isa = (16, "AVX-512") if "avx512f" in flags else (8, "AVX2") if "avx2" in flags else (4, "SSE")
+    clock = ghz or (max(mhz) / 1000 if mhz else 0.0)
+    src = "given" if ghz else "/proc/cpuinfo"
+    return (cores * 2 * lanes * 2 * clock,
+            f"{cores} cores x 2 FMA x {lanes} {isa} lanes x 2 FLOP x {clock:.2f} GHz ({src})")
+
+
 def device_info(device: torch.device | str) -> dict[str, Any]:
     """Provenance of ``device`` for run records: ``device``, ``type``, ``name`` (GPU or
     CPU model), ``torch``, ``cuda`` (toolkit torch was built with, None if none),
