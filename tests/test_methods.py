@@ -77,6 +77,9 @@ def test_tiny_compare_cli(cache, tmp_path, capsys):
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["method"] for r in rows] == ["psfl", "fedavg", "stc", "fttq", "fedpaq", "psfl-no-pld",
                                            "psfl-no-agp", "fedavg-csc"]
+    kn = {r["method"]: r["bandwidth_ratio"] for r in rows}  # every model's k/n, from the run's provenance
+    assert kn["fedavg"] == "tiny-M 1/4" and kn["fedavg-csc"] == "tiny-CSC 0.0816"  # 49 x 8 / 2 / 784; 16 x 8 / 2 / 784
+    assert kn["psfl"].startswith("tiny-CSC 0.0816, tiny-") and "tiny-M 1/4" in kn["psfl-no-pld"]
     for name in ("global_loss.png", "global_accuracy.png", "local_accuracy.png", "energy_boxplot.png",
                  "summary.md"):
         assert (out / name).stat().st_size > 0

@@ -160,6 +160,9 @@ def test_every_config_field_is_honoured_or_rejected(tmp_path, cache, method, gro
             assert rc == 0
             base = tmp_path / "runs" / name
             assert (base / "summary.txt").is_file() and not list(base.glob("*.png"))  # --no-plots
+            if method == "psfl" and not context:  # the summary says what each model sends: tiny-M 49 x 8 symbols
+                assert "k/n of tiny-M (symbols per image)" in (base / "summary.txt").read_text()
+                assert "1/4 (392 real, c = 8)" in (base / "summary.txt").read_text()
         rc, dig = run([*context, f"{field}={value}"], f"f{i}")
         assert rc in (0, 2, 3), (field, rc)  # 3: the setting stopped the run (e.g. too few clients)
         if rc == 0 and dig == refs[tuple(context)]:

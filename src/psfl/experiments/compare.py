@@ -39,6 +39,15 @@ def summarize(method: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def bandwidth_of(run_dir: Path) -> str:
+    """k/n of every model of a run (its provenance), e.g. ``cpu-CSC 0.653, cpu-M 2.00``."""
+    from psfl.experiments.report import read_provenance
+    from psfl.models import format_ratio
+
+    models = read_provenance(run_dir).get("models", {})
+    return ", ".join(f"{k} {format_ratio(v['bandwidth_ratio'])}" for k, v in models.items() if isinstance(v, dict))
+
+
 def plot_compare(results: dict[str, list[dict[str, Any]]], out: Path, num_clients: int,
                  baselines: dict[str, dict[str, float]] | None = None) -> list[Path]:
     paths = []
@@ -100,10 +109,11 @@ def write_tables(rows: list[dict[str, Any]], out: Path,
             ("mean_local_accuracy", "mean local acc", "{:.4f}"), ("global_loss", "global loss", "{:.4f}"),
             ("energy_total_j", "energy total (J)", "{:.3f}"), ("energy_per_round_j", "energy/round (J)", "{:.4f}"),
             ("upload_bits_per_client", "upload bits/client/round", "{:,.0f}"),
-            ("downlink_bits_per_round", "downlink bits/round", "{:,.0f}")]
+            ("downlink_bits_per_round", "downlink bits/round", "{:,.0f}"),
+            ("bandwidth_ratio", "k/n of its models", "{}")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in cols) + " |")
+        lines.append("| " + " | ".join(fmt.format(r.get(k, "")) for k, _, fmt in cols) + " |")
     if baselines:
         lines += ["", "Trivial reconstructions of the same test images (PSNR / SSIM): " + "; ".join(
             f"{k.replace('_', '-')} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for k, v in baselines.items())]
@@ -143,7 +153,7 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
         else:
             results[m] = run_federated(mcfg, out / m, resume=resume, progress=progress, env=env,
                                        strict=m == cfg.method, overwrite=overwrite).records
-    rows = [summarize(m, recs) for m, recs in results.items()]
+    rows = [{**summarize(m, recs), "bandwidth_ratio": bandwidth_of(out / m)} for m, recs in results.items()]
     baselines = env.provenance.get("baselines")
     paths = list(write_tables(rows, out, baselines)) + plot_compare(results, out, cfg.data.num_clients, baselines)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))

@@ -324,6 +324,11 @@ class FederatedMethod(ABC):
         round's record as they are named here)."""
         return {}
 
+    def model_presets(self) -> list[str]:
+        """The presets of the SC models this method trains or sends (recorded with their
+        k/n in provenance.json); default: every model built so far."""
+        return sorted(self.env.models.models())
+
     def participants(self, rnd: int, num_clients: int) -> list[int]:
         """Clients that train and upload in round ``rnd`` (all by default)."""
         return list(range(num_clients))

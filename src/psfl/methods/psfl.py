@@ -113,8 +113,6 @@ class PSFL(FederatedMethod):
         self.student = env.models.model(self.student_preset)
         self.template = env.models.fresh_state(self.student_preset, 0xB0B)  # same init for every method
         self.mask_keys = prunable_keys(self.student, cfg.agp.prune_biases)
-        for tier in sorted(set(self.tiers)):  # every model of the run exists from the start (provenance)
-            env.models.model(env.models.preset(tier))
         self.mentor_init: dict[str, dict[str, torch.Tensor]] = {}
         unused = sorted(set(cfg.model.mentor_init) - set(self.tiers))
         if unused:
@@ -129,6 +127,10 @@ class PSFL(FederatedMethod):
         self.mask: dict[str, torch.Tensor] | None = None
         self.dense: dict[str, torch.Tensor] | None = None  # agp.regrow = "dense": last value of every weight
         self.zeta = 0.0
+
+    def model_presets(self) -> list[str]:
+        """The student and the mentors of the tiers in use."""
+        return [self.student_preset, *sorted({self.env.models.preset(t) for t in self.tiers})]
 
     # ---------------------------------------------------------------- server side
     def init_server(self) -> None:

@@ -81,6 +81,9 @@ class SingleModelMethod(FederatedMethod):
         self.template = env.models.fresh_state(self.preset, 0xB0B)  # same init for every method
         self.global_state: dict[str, Tensor] = {}
 
+    def model_presets(self) -> list[str]:
+        return [self.preset]
+
     # ---------------------------------------------------------------- hooks
     def encode_down(self, rnd: int) -> bytes:
         return encode_model(self.global_state)

@@ -185,7 +185,7 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
     method = METHODS.get(cfg.method)(env, options_for(cfg), cfg)
     K = cfg.data.num_clients
     metrics_path = run_dir / METRICS
-    prov = run_provenance(cfg, env, command)
+    prov = run_provenance(cfg, env, command, method.model_presets())
     if resume and has_checkpoint(run_dir):
         check_same_data(run_dir, prov)
         ckpt = load_checkpoint(run_dir, env.models.device)  # the previous one if the latest is damaged
@@ -346,7 +346,8 @@ def git_commit(where: Path | None = None) -> str | None:
         return None
 
 
-def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None = None) -> dict[str, Any]:
+def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None = None,
+                   presets: list[str] | None = None) -> dict[str, Any]:
     """How a run was made: code, machine, command, data and partition fingerprints, the
     two evaluators (weight hashes, clean accuracy, training settings) and the trivial
     reconstruction baselines of its global test subset."""
@@ -365,17 +366,19 @@ def run_provenance(cfg: RunConfig, env: FederatedEnv, command: list[str] | None 
         "command": list(command) if command is not None else list(sys.argv),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    return {"runtime": runtime, **env.provenance, "models": model_records(env)}
+    return {"runtime": runtime, **env.provenance,
+            "models": model_records(env, presets if presets is not None else sorted(env.models.models()))}
 
 
-def model_records(env: FederatedEnv) -> dict[str, Any]:
-    """Every SC model the run built, by preset: parameters, channel width and what one
-    image costs on the air (real channel symbols, k/n)."""
+def model_records(env: FederatedEnv, presets: list[str]) -> dict[str, Any]:
+    """The run's SC models (``presets``, built by the environment's factory): parameters,
+    channel width and what one image costs on the air (real channel symbols, k/n)."""
     from psfl.models import count_parameters
 
     out: dict[str, Any] = {"note": "k/n: complex channel symbols per source value of one image sent over the SC "
                                    "link; the run's bits and energy count model uploads (Eqs. 12-14), not these"}
-    for preset, m in sorted(env.models.models().items()):
+    for preset in presets:
+        m = env.models.model(preset)
         out[preset] = {"params": count_parameters(m), "channel_dim": m.channel_dim, "tokens": m.grid[0] * m.grid[1],
                        "channel_symbols": m.channel_symbols, "bandwidth_ratio": m.bandwidth_ratio,
                        "requested_bandwidth_ratio": env.models.bandwidth_ratio}
