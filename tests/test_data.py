@@ -277,3 +277,20 @@ def test_client_datasets_gather_the_partition():
         torch.testing.assert_close(c.x, p.x_train[torch.from_numpy(tr)])
         assert c.y.tolist() == ds.y_train[tr].tolist() and c.y_test.tolist() == ds.y_train[te].tolist()
         assert c.x_test.shape == (len(te), 1, 28, 28)
+
+
+def test_validation_view_holds_out_training_images_per_class_and_drops_the_test_split():
+    """Tuning data: held-out training images replace the test split, per class in
+    proportion, disjoint from the remaining training images; no test image is left."""
+    ds = D.load_dataset("fashion_mnist", source="bundled")
+    v = D.validation_view(ds, 570)
+    assert v.x_test.shape[0] == 570 and v.x_train.shape[0] == ds.x_train.shape[0] - 570
+    want = 570 * np.bincount(ds.y_train, minlength=10) / ds.y_train.shape[0]
+    assert np.abs(np.bincount(v.y_test, minlength=10) - want).max() <= 1
+    rows = lambda x: {a.tobytes() for a in x}  # noqa: E731
+    assert rows(v.x_test) | rows(v.x_train) == rows(ds.x_train) and not rows(v.x_test) & rows(v.x_train)
+    assert not rows(v.x_test) & rows(ds.x_test) and not rows(v.x_train) & rows(ds.x_test)
+    assert v.fingerprint() != ds.fingerprint() and "validation view" in v.source
+    assert D.validation_view(ds, 570).fingerprint() == v.fingerprint()  # the same split every time
+    with pytest.raises(PsflError, match="validation_samples"):
+        D.validation_view(ds, ds.x_train.shape[0])

@@ -58,6 +58,7 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         "data.dataset": '"mnist"', "data.source": '"npz"', "data.data_dir": f'"{data}"', "data.num_clients": "4",
         "data.scheme": '"iid"', "data.alpha": "0.3", "data.sizes": '"none"', "data.local_test_fraction": "0.4",
         "data.min_client_size": "5000", "data.eval_samples": "32", "data.local_eval_samples": "16",
+        "data.validation_samples": "570",
         "model.family": '"cpu"', "model.student": '"cpu-CSC"', "model.mentor_rule": '"uniform-M"',
         "model.mentors": '["L", "M", "M"]', "model.mentor_init": f'{{M = "{ckpt}"}}',
         "model.bandwidth_ratio": '"1/6"',

@@ -64,3 +64,28 @@ def test_run_writes_its_global_model_for_transmit(tmp_path, cache):
     with pytest.raises(PsflError, match="no global_model.pt"):
         transmit_checkpoint(tmp_path, 10.0, tmp_path / "x.png", **kw)
 
+
+
+def test_validation_samples_score_on_held_out_training_images(tmp_path, cache):
+    """data.validation_samples: the global test subset and every client's local test
+    images are held-out training images (none of the test split), the evaluators are
+    trained without them, and provenance says what was scored."""
+    import numpy as np
+
+    from psfl import data as D
+    from psfl.methods import build_env
+
+    cfg = load_config(None, tiny_overrides(cache, rounds=1) + ["data.validation_samples=570"])
+    env = build_env(cfg, progress=False)
+    ds = D.load_dataset("fashion_mnist", source="bundled")
+    spec = D.INPUT_PRESETS.get("native").resolve(28, 1)
+    rows = lambda x: {a.tobytes() for a in np.asarray(x)}  # noqa: E731
+    test_rows = rows(D.to_model_input(ds.x_test, spec))
+    val_rows = rows(D.to_model_input(D.validation_view(ds, 570).x_test, spec))
+    scored = rows(env.evaluators.test_x) | set().union(*(rows(c.x_test) for c in env.data.clients))
+    assert scored <= val_rows and not scored & test_rows
+    trained = set().union(*(rows(c.x) for c in env.data.clients))
+    assert not trained & val_rows
+    prov = env.provenance
+    assert prov["data"]["scored_on"].startswith("validation") and prov["data"]["test_images"] == 570
+    assert prov["evaluators"]["scorer"]["fingerprint"] == D.validation_view(ds, 570).fingerprint()[:16]

@@ -42,6 +42,11 @@ class DataConfig:
     min_client_size: int = 10
     eval_samples: int = 1000  # global test samples scored per round (0 = all)
     local_eval_samples: int = 256  # per-client local test samples scored per round (0 = all)
+    # > 0: tune on validation data: this many training images (per class, seeded) are held
+    # out and take the test split's place (global and local scores, baselines); the test
+    # split is not used and the evaluators train on the remaining images
+    # (psfl.data.validation_view)
+    validation_samples: int = 0
 
 
 @dataclass
@@ -209,6 +214,7 @@ class RunConfig:
             (d.min_client_size >= 1, "data.min_client_size", "must be >= 1"),
             (d.eval_samples >= 0, "data.eval_samples", "must be >= 0 (0 = all)"),
             (d.local_eval_samples >= 0, "data.local_eval_samples", "must be >= 0 (0 = all)"),
+            (d.validation_samples >= 0, "data.validation_samples", "must be >= 0 (0 = score on the test split)"),
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
             (t.local_steps >= 1 or t.local_epochs >= 1, "train.local_steps",
              "local_steps or local_epochs must be >= 1"),

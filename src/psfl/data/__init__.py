@@ -17,6 +17,7 @@ from psfl.data.datasets import (
     clear_dataset_cache,
     load_dataset,
     validate_arrays,
+    validation_view,
 )
 from psfl.data.partition import (
     PARTITIONERS,
@@ -53,7 +54,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DATASETS", "SOURCES", "ArrayDataset", "DatasetInfo", "load_dataset", "validate_arrays",
+    "DATASETS", "SOURCES", "ArrayDataset", "DatasetInfo", "load_dataset", "validate_arrays", "validation_view",
     "clear_dataset_cache", "PreparedData", "prepare", "denormalize", "resolve_for",
     "to_model_input", "clear_prepare_cache", "PARTITIONERS", "TABLE1_VOLUMES", "Partition",
     "make_partition", "dirichlet_counts", "iid_counts", "table1_sizes", "parse_sizes",

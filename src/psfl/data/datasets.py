@@ -95,6 +95,35 @@ class ArrayDataset:
         return self._fingerprint
 
 
+def validation_view(ds: ArrayDataset, samples: int, seed: int = 0) -> ArrayDataset:
+    """``ds`` with ``samples`` of its *training* images held out as its test split, for
+    tuning on validation data: the held-out images are drawn per class in proportion to
+    the class counts (seeded; the same split for every run seed), the rest stays the
+    training split, and the real test split is dropped, so nothing tuned on this view has
+    seen a test image. The view has its own fingerprint (evaluators are trained on its
+    training split only)."""
+    n = int(ds.y_train.shape[0])
+    if not 0 < samples < n:
+        raise PsflError(f"data.validation_samples: must be in (0, {n}) for {ds.name}'s {n} training images, "
+                        f"got {samples}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A11D]))
+    counts = np.bincount(ds.y_train, minlength=ds.num_classes)
+    quota = np.floor(samples * counts / n).astype(int)
+    rest = samples - int(quota.sum())  # largest remainders get one more
+    quota[np.argsort(-(samples * counts / n - quota), kind="stable")[:rest]] += 1
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(ds.y_train == c))[:q]
+                                   for c, q in enumerate(quota) if q > 0]))
+    keep = np.setdiff1d(np.arange(n), held)
+    parts = {}
+    for key, idx in (("x_train", keep), ("y_train", keep), ("x_test", held), ("y_test", held)):
+        a = np.ascontiguousarray(getattr(ds, key.replace("test", "train"))[idx])
+        a.setflags(write=False)
+        parts[key] = a
+    return ArrayDataset(ds.name, **parts, num_classes=ds.num_classes,
+                        source=f"{ds.source}, validation view ({len(held)} training images held out as the test "
+                               f"split, seed {seed}; the test split unused)")
+
+
 # --------------------------------------------------------------------------- validation
 def validate_arrays(info: DatasetInfo, arrays: Mapping[str, Any], origin: str) -> dict[str, np.ndarray]:
     """Check the Keras-layout arrays of ``info`` and normalise them: images uint8

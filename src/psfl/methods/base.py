@@ -363,6 +363,8 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     dev = resolve_device(device)
     d = cfg.data
     ds = D.load_dataset(d.dataset, source=d.source, data_dir=d.data_dir)
+    if d.validation_samples > 0:  # tuning: held-out training images stand in for the test split
+        ds = D.validation_view(ds, d.validation_samples)
     student_preset = cfg.model.student or f"{cfg.model.family}-CSC"
     spec = D.INPUT_PRESETS.get(MODELS.get(student_preset).input_preset)
     prepared = D.prepare(ds, spec)
@@ -406,7 +408,8 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
 
     provenance = {
         "data": {"dataset": d.dataset, "source": ds.source, "data_dir": d.data_dir, "fingerprint": ds.fingerprint(),
-                 "train_images": int(ds.x_train.shape[0]), "test_images": int(ds.y_test.shape[0])},
+                 "train_images": int(ds.x_train.shape[0]), "test_images": int(ds.y_test.shape[0]),
+                 "scored_on": "validation (held-out training images)" if d.validation_samples > 0 else "test split"},
         "partition": {"fingerprint": D.partition_fingerprint(part, local_test), "volumes": part.sizes.tolist()},
         "evaluators": {"loss_classifier": clf_record(loss_clf, "inside the task loss (Eqs. 15/16)"),
                        "scorer": clf_record(scorer, "independent: headline accuracy")},
