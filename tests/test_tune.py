@@ -1,0 +1,42 @@
+"""psfl tune: one grid for every method, scored on held-out training images only."""
+import json
+
+import pytest
+
+from psfl.cli import main
+from psfl.config import load_config
+from psfl.experiments.tune import method_points, parse_grid
+from psfl.utils.errors import PsflError
+
+from test_runner import tiny_overrides  # noqa: E402
+
+
+def test_grid_points_drop_the_fields_a_method_does_not_read():
+    cfg = load_config(None, ['model.family="tiny"'])
+    grid = parse_grid(["train.lr=0.01,0.03", "train.student_lr=0.05,0.1"])
+    assert len(method_points(cfg, "psfl", grid)) == 4  # mentors (lr) and student (student_lr)
+    assert method_points(cfg, "fedavg", grid) == [{"train.lr": "0.01"}, {"train.lr": "0.03"}]  # GSC-M only
+    assert method_points(cfg, "fedavg-csc", grid) == [{"train.student_lr": "0.05"}, {"train.student_lr": "0.1"}]
+    for bad in (["train.lr"], ["train.lr="], [], ["a=1", "a=2"]):
+        with pytest.raises(PsflError):
+            parse_grid(bad)
+
+
+def test_tune_chooses_the_best_validation_point_and_refuses_the_test_split(tmp_path, cache, capsys):
+    base = ["tune", "--methods", "fedavg,psfl", "--grid", "train.lr=0.003,0.05", "--last", "2", "--out",
+            str(tmp_path), "--no-progress"]
+    over = [a for o in tiny_overrides(cache, rounds=2, method="fedavg") for a in ("--set", o)]
+    assert main(base + over) == 2 and "validation_samples" in capsys.readouterr().err  # no test-split tuning
+    assert main(base + over + ["--set", "data.validation_samples=570"]) == 0
+    res = json.loads((tmp_path / "choices.json").read_text())
+    for method in ("fedavg", "psfl"):
+        scores = {}
+        for point in ("train.lr=0.003", "train.lr=0.05"):  # recomputed from the runs' own metrics
+            run = tmp_path / method / point / "seed0"
+            recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            scores[point] = sum(r["global"]["accuracy"] for r in recs[-2:]) / 2
+            prov = json.loads((run / "provenance.json").read_text())
+            assert prov["data"]["scored_on"].startswith("validation") and prov["data"]["test_images"] == 570
+        assert res["choices"][method]["points"] == pytest.approx(scores)
+        assert res["choices"][method]["set"] == [max(scores, key=lambda k: (scores[k], k == "train.lr=0.003"))]
+    assert "| fedavg |" in (tmp_path / "choices.md").read_text() and res["validation_samples"] == 570
