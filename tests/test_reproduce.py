@@ -136,6 +136,7 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, cache, cap
     recon = (out / "recon" / "reconstructions.csv").read_text().splitlines()
     assert len(recon) == 1 + 3 * (1 + 2)  # cifar100: PSFL x 3 SNRs; fashion_mnist: PSFL and FedAvg x 3 SNRs
     before = {fig: (out / fig / "curves.csv").read_text() for fig in ("fig8", "fig11")}
+    assert "| fashion_mnist | FedAvg | 1/1 | tiny-M 1/4 |" in (out / "fig11" / "summary.md").read_text()  # k/n
 
     # a second call runs nothing and draws the same numbers; restricted to one dataset, it
     # still draws the other's panels from its finished runs

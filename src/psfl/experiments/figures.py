@@ -150,22 +150,32 @@ def write_curves_csv(inp: FigureInput, metrics: Sequence[str], out: Path) -> Pat
     return path
 
 
+def series_bandwidth(inp: FigureInput, ds: str, label: str) -> str:
+    """k/n of the models of a series (its first finished run's provenance; "" for runs
+    recorded before provenance named them)."""
+    from psfl.experiments.compare import bandwidth_of
+
+    paths = inp.paths.get((ds, label), {})
+    return next((kn for k in finished_seeds(inp, ds, label) if k in paths and (kn := bandwidth_of(paths[k]))), "")
+
+
 def write_summary(inp: FigureInput, metrics: Sequence[str], out: Path, fmt: dict[str, str] | None = None
                   ) -> list[Path]:
     """Per dataset and series: finished seeds, and per metric the mean ± sd over seeds of
     each run's last-5-round mean; datasets not run are listed with the reason."""
     fmt = fmt or {}
     rows, lines = [], []
-    head = ["dataset", "series", "seeds"] + [f"{m} (last {LAST})" for m in metrics]
+    head = ["dataset", "series", "seeds", "k/n"] + [f"{m} (last {LAST})" for m in metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ds in inp.datasets:
         for s in inp.exp.series_for(ds):
             runs = inp.records.get((ds, s.label), {})
             finished = finished_seeds(inp, ds, s.label)
             planned = sorted(inp.paths.get((ds, s.label), {}))
+            kn = series_bandwidth(inp, ds, s.label)
             row: dict[str, Any] = {"dataset": ds, "series": s.label, "seeds": " ".join(map(str, finished)),
-                                   "planned_seeds": " ".join(map(str, planned))}
-            cells = [ds, s.label, f"{len(finished)}/{len(planned)}"]
+                                   "planned_seeds": " ".join(map(str, planned)), "bandwidth_ratio": kn}
+            cells = [ds, s.label, f"{len(finished)}/{len(planned)}", kn or "-"]
             for m in metrics:
                 v = last_mean(curves(runs, m, inp.rounds[ds]))
                 row[f"{m}_mean"] = float(v.mean()) if v.size else float("nan")
