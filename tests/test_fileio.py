@@ -24,3 +24,25 @@ def test_successful_write_replaces_the_file(tmp_path):
         tmp.write_bytes(b"new")
     assert path.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_a_killed_writers_temporaries_are_removed_and_a_live_ones_kept(tmp_path):
+    """A SIGKILLed process leaves NAME.<pid>.tmp behind; the next start removes it, but
+    never the temporary of a process that still runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from psfl.utils.fileio import remove_stale_temporaries
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    dead = tmp_path / f"metrics.jsonl.{p.pid}.tmp"
+    live = tmp_path / f"provenance.json.{os.getpid()}.tmp"
+    other = tmp_path / "notes.tmp"
+    for f in (dead, live, other):
+        f.write_text("half")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from psfl.config import RunConfig, diff_configs, dump_config, load_config
 from psfl.utils.errors import PsflError, RoundFailedError
-from psfl.utils.fileio import atomic_path, write_text_atomic
+from psfl.utils.fileio import atomic_path, remove_stale_temporaries, write_text_atomic
 from psfl.fl.energy import link_cost, round_snrs
 from psfl.fl.privacy import dp_epsilon
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
@@ -156,6 +156,7 @@ def run_federated(cfg: RunConfig, run_dir: Path, resume: bool = False, progress:
         raise PsflError(f"the run folder {run_dir} is not writable")
     try:
         with run_lock(run_dir):  # one writer per folder: a second one raises RunLockedError
+            remove_stale_temporaries(run_dir)  # half-written files of a killed writer
             if not resume and holds_results(run_dir):
                 if not overwrite:
                     raise PsflError(f"{run_dir} already holds a run; resume it (psfl run --resume {run_dir}), "
