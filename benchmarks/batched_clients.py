@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from common import alternate, cpu_line
 
 
 class GivenNoise(nn.Module):
@@ -98,16 +98,7 @@ def bench(preset: str, K: int, B: int, repeats: int, img: int, chans: int) -> di
     batched()
     diff = max(float((params[k][i] - dict(models[i].named_parameters())[k]).abs().max())
                for k in params for i in range(K))
-    ways = {"sequential": sequential, "vmap": batched, "one-batch": one_batch}
-    times: dict[str, list[float]] = {w: [] for w in ways}
-    for fn in ways.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for w, fn in ways.items():
-            t = time.perf_counter()
-            fn()
-            times[w].append(time.perf_counter() - t)
-    med = {w: statistics.median(v) for w, v in times.items()}
+    med = alternate({"sequential": sequential, "vmap": batched, "one-batch": one_batch}, repeats)
     return {"preset": preset, "clients": K, "batch": B, "median_s": med,
             "vmap_over_sequential": med["vmap"] / med["sequential"],
             "one_batch_over_sequential": med["one-batch"] / med["sequential"],
@@ -126,11 +117,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from psfl.utils.device import device_info
-
-    cpu = device_info("cpu")  # name, cpu_id (family / model), capability (SIMD kernels)
-    print(f"# {cpu['name']} ({cpu.get('cpu_id', '?')}); torch {torch.__version__}; {a.threads} thread(s); "
-          f"{a.clients} clients x batch {a.batch}, {a.chans}x{a.img}x{a.img}")
+    print(f"# {cpu_line(a.threads)}; {a.clients} clients x batch {a.batch}, {a.chans}x{a.img}x{a.img}")
     print("| preset | sequential s | vmap s | one batch of K*B s | vmap / seq | one-batch / seq | max diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     rows = []

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import time
 from pathlib import Path
 
 import torch
+
+from common import alternate, cpu_line
 
 
 def make(preset: str, img: int, chans: int, batch: int, foreach: bool, cl: bool, compiled: bool):
@@ -64,13 +66,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from psfl.utils.device import device_info
-
-    cpu = device_info("cpu")  # name, cpu_id (family / model), capability (SIMD kernels)
-    import os
-
-    print(f"# {cpu['name']} ({cpu.get('cpu_id', '?')}); ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(default)')}"
-          f"; torch {torch.__version__}; {a.threads} thread(s); batch {a.batch} x {a.chans}x{a.img}x{a.img}")
+    print(f"# {cpu_line(a.threads)}; ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(default)')}; "
+          f"batch {a.batch} x {a.chans}x{a.img}x{a.img}")
     print("| preset | variant | median step ms | vs baseline |")
     print("|---|---|---:|---:|")
     rows = []
@@ -87,16 +84,10 @@ def main() -> None:
         steps, compile_s = {}, {}
         for name, opts in variants.items():
             steps[name], compile_s[name] = make(p, a.img, a.chans, a.batch, *opts)
-        times: dict[str, list[float]] = {n: [] for n in variants}
-        for _ in range(a.repeats):
-            for n, fn in steps.items():
-                t = time.perf_counter()
-                for _ in range(a.steps):
-                    fn()
-                times[n].append((time.perf_counter() - t) / a.steps)
-        base = statistics.median(times["baseline"])
+        meds = alternate(steps, a.repeats, a.steps)
+        base = meds["baseline"]
         for n in variants:
-            med = statistics.median(times[n])
+            med = meds[n]
             extra = f" (first step incl. compile {compile_s[n]:.0f} s)" if "compile" in n else ""
             print(f"| {p} | {n} | {med * 1e3:.1f} | {med / base:.2f}{extra} |")
             rows.append({"preset": p, "variant": n, "median_step_s": med, "ratio": med / base,

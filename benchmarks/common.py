@@ -1,0 +1,33 @@
+"""What the benchmark scripts share: alternating timing and the CPU they ran on."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+
+def alternate(fns: dict[str, Callable[[], None]], repeats: int, inner: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, the functions taking turns (``repeats``
+    rounds of ``inner`` calls each, after one warm-up call), so that a machine that gets
+    busier or quieter during the run shifts every variant alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for n, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[n].append((time.perf_counter() - t) / inner)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def cpu_line(threads: int) -> str:
+    """``CPU name (family / model), SIMD kernels; torch version; N thread(s)``."""
+    import torch
+
+    from psfl.utils.device import device_info
+
+    cpu = device_info("cpu")
+    return (f"{cpu['name']} ({cpu.get('cpu_id', '?')}), {cpu['capability']} kernels; torch {torch.__version__}; "
+            f"{threads} thread(s)")
