@@ -84,9 +84,26 @@ def test_paper_csc_reconstructs_224_exactly():
 
 
 def test_families_share_one_channel_width():
-    for prefix in ("paper", "cpu", "tiny"):
+    for prefix in ("paper", "tiny"):
         widths = {model_info(n)["channel_dim"] for n in list_models(f"{prefix}-*")}
         assert len(widths) == 1, (prefix, widths)
+
+
+@pytest.mark.parametrize("size", [(28, 1), (32, 3)])
+def test_cpu_presets_default_to_k_n_one_sixth(size):
+    """The cpu presets compress (issue 27): each sends k/n = 1/6 up to what an even c
+    per token allows (2 real symbols per token = 1 / (C H W / L) of k/n), the ViT tiers
+    with one c (same token grid); before they sent k/n 2.0 at 28x28x1."""
+    img, chans = size
+    rows = {r["name"]: r for r in model_table("cpu-*", img_size=img, in_chans=chans)}
+    assert len({rows[f"cpu-{t}"]["channel_dim"] for t in "MLH"}) == 1
+    for r in rows.values():
+        tokens = r["grid"][0] * r["grid"][1]
+        step = tokens / (chans * img * img)  # k/n of one more complex symbol per token
+        assert abs(r["bandwidth_ratio"] - 1 / 6) <= step / 2 + 1e-12, r
+        assert r["bandwidth_ratio"] == r["channel_symbols"] / 2 / (chans * img * img)
+    at12 = {r["name"]: r for r in model_table("cpu-*", img_size=img, in_chans=chans, bandwidth_ratio=1 / 12)}
+    assert all(at12[n]["channel_dim"] < rows[n]["channel_dim"] for n in rows)
 
 
 def test_size_ratios_follow_the_paper_roughly():
@@ -207,12 +224,35 @@ def test_channel_symbols_and_bandwidth_ratio_are_what_a_forward_sends(name, size
 
 
 def test_bandwidth_ratio_hand_computed_for_the_cpu_presets():
-    """The issue-27 numbers: cpu-M at 28x28x1 sends 49 tokens x 64 = 3,136 real symbols
-    (k/n = 1568 / 784 = 2); cpu-CSC 16 x 64 = 1,024 (k/n = 512 / 784); on 32x32x3 the
-    CSC's 1,024 real symbols are 512 complex ones for 3,072 values: exactly 1/6."""
-    assert model_info("cpu-M")["channel_symbols"] == 3136 and model_info("cpu-M")["bandwidth_ratio"] == 2.0
-    assert model_info("cpu-CSC")["bandwidth_ratio"] == pytest.approx(512 / 784)
+    """The issue-27 numbers: at the old c = 64, cpu-M at 28x28x1 sent 49 tokens x 64 =
+    3,136 real symbols (k/n = 1568 / 784 = 2) and cpu-CSC 16 x 64 = 1,024 (512 / 784); at
+    the default 1/6 cpu-M sends 49 x 6 = 294 (147 / 784) and cpu-CSC 16 x 16 = 256
+    (128 / 784); on 32x32x3 the CSC's 1,024 real symbols are 512 complex ones for 3,072
+    values: exactly 1/6."""
+    old = create_model("cpu-M", img_size=28, in_chans=1, device="meta", channel_dim=64)
+    assert old.channel_symbols == 3136 and old.bandwidth_ratio == 2.0
+    old = create_model("cpu-CSC", img_size=28, in_chans=1, device="meta", channel_dim=64)
+    assert old.bandwidth_ratio == pytest.approx(512 / 784)
+    assert model_info("cpu-M")["channel_symbols"] == 294
+    assert model_info("cpu-M")["bandwidth_ratio"] == pytest.approx(147 / 784)
+    assert model_info("cpu-CSC")["bandwidth_ratio"] == pytest.approx(128 / 784)
     assert model_info("cpu-CSC", 32, 3)["bandwidth_ratio"] == pytest.approx(1 / 6)
+
+
+def test_checkpoint_from_before_the_default_ratio_loads_at_its_own_c(tmp_path):
+    """A checkpoint saved when the cpu presets had a fixed c = 64 records no channel_dim
+    override; it must rebuild at c = 64 (not at today's default k/n) and load strictly."""
+    from psfl.models import load_model_checkpoint, save_model_checkpoint
+
+    m = create_model("cpu-M", img_size=28, in_chans=1, channel_dim=64)
+    m.preset["overrides"] = {}  # what a checkpoint written before the change holds
+    path = save_model_checkpoint(m, tmp_path / "old.pt")
+    back = load_model_checkpoint(path)
+    assert back.channel_dim == 64
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), back.state_dict().values()))
+    new = create_model("cpu-M", img_size=28, in_chans=1)
+    assert new.preset["overrides"] == {"channel_dim": 6}
+    assert load_model_checkpoint(save_model_checkpoint(new, tmp_path / "new.pt")).channel_dim == 6
 
 
 @pytest.mark.parametrize("ratio,size,chans,name,c", [

@@ -13,13 +13,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'cpu-*'")
     p.add_argument("--img-size", type=int, help="count native-size presets at this size (default 28)")
     p.add_argument("--in-chans", type=int, help="count native-size presets with these channels (default 1)")
+    p.add_argument("--bandwidth-ratio", metavar="K/N",
+                   help="build every preset at this k/n (e.g. 1/12; default: each preset's own, 1/6 for cpu-*)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    from psfl.models import format_ratio, model_table
+    from psfl.models import format_ratio, model_table, parse_ratio
 
-    rows = model_table(args.pattern, img_size=args.img_size, in_chans=args.in_chans)
+    ratio = parse_ratio(args.bandwidth_ratio, "--bandwidth-ratio") if args.bandwidth_ratio else None
+    rows = model_table(args.pattern, img_size=args.img_size, in_chans=args.in_chans, bandwidth_ratio=ratio)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -65,7 +65,8 @@ def channel_dim_for(name: str, bandwidth_ratio: float, img_size: int | None = No
     at this input size: the even c nearest to 2 k/n C H W / L (L tokens per image, two
     real symbols per complex one; at least 2). The k/n reached is the model's
     ``bandwidth_ratio`` (e.g. 1/6 of a 28x28x1 image over 49 tokens: c = 6, k/n = 0.1875)."""
-    model = create_model(name, img_size=img_size, in_chans=in_chans, device="meta")
+    # the token grid does not depend on c; c = 2 keeps the preset's own k/n out of it
+    model = create_model(name, img_size=img_size, in_chans=in_chans, device="meta", channel_dim=2)
     tokens = model.grid[0] * model.grid[1]
     values = model.in_chans * model.img_size * model.img_size
     return 2 * max(1, round(bandwidth_ratio * values / tokens))
@@ -73,7 +74,7 @@ def channel_dim_for(name: str, bandwidth_ratio: float, img_size: int | None = No
 
 def create_model(name: str, img_size: int | None = None, in_chans: int | None = None,
                  device: torch.device | str | None = None, bandwidth_ratio: float | None = None,
-                 **overrides: Any) -> nn.Module:
+                 preset_ratio: bool = True, **overrides: Any) -> nn.Module:
     """Build preset ``name``. ``img_size``/``in_chans`` default to the preset's (paper:
     224/3; cpu/tiny presets take the dataset's and require them). ``overrides`` replace
     fields of the preset's config dataclass (e.g. ``channel="rayleigh"``).
@@ -81,8 +82,13 @@ def create_model(name: str, img_size: int | None = None, in_chans: int | None = 
     builds on the CPU and then moves there, so a seeded initialisation is the same on
     every device. ``bandwidth_ratio`` (k/n) sets the channel width c by
     :func:`channel_dim_for` (recorded as the ``channel_dim`` override, so checkpoints
-    rebuild the same model)."""
+    rebuild the same model). Without it (and without ``channel_dim``) a preset that has
+    a default k/n (``ModelPreset.bandwidth_ratio``: the cpu presets' 1/6) uses that one;
+    ``preset_ratio=False`` builds the config's fixed c instead (checkpoints saved before
+    presets had a default k/n)."""
     preset = _preset(name)
+    if bandwidth_ratio is None and preset_ratio and "channel_dim" not in overrides:
+        bandwidth_ratio = preset.bandwidth_ratio
     if bandwidth_ratio is not None:
         if "channel_dim" in overrides:
             raise PsflError(f"model preset {name!r}: give bandwidth_ratio or channel_dim, not both")
@@ -117,17 +123,20 @@ def list_models(pattern: str = "*") -> list[str]:
     return MODELS.names(pattern)
 
 
-def model_info(name: str, img_size: int | None = None, in_chans: int | None = None) -> dict[str, Any]:
+def model_info(name: str, img_size: int | None = None, in_chans: int | None = None,
+               bandwidth_ratio: float | None = None) -> dict[str, Any]:
     """Name, family, trainable parameter count, input preset, sizes and widths of a preset,
     and what one image costs on the air: ``channel_symbols`` (real) and ``bandwidth_ratio``
-    (k/n, complex symbols per source value).
+    (k/n, complex symbols per source value), at ``bandwidth_ratio`` if given (else the
+    preset's own).
     Built on the meta device (instant, no memory). Native-size presets are counted at
     28x28x1 unless ``img_size``/``in_chans`` are given."""
     preset = _preset(name)
     native = preset.input_preset == "native"
     if native:
         img_size, in_chans = img_size or 28, in_chans or 1
-    model = create_model(name, img_size=img_size, in_chans=in_chans, device="meta")
+    model = create_model(name, img_size=img_size, in_chans=in_chans, device="meta",
+                         bandwidth_ratio=bandwidth_ratio)
     return {"name": name, "family": preset.family, "params": count_parameters(model),
             "input_preset": preset.input_preset, "img_size": model.img_size, "in_chans": model.in_chans,
             "sem_dim": model.sem_dim, "channel_dim": model.channel_dim, "grid": list(model.grid),
@@ -135,8 +144,8 @@ def model_info(name: str, img_size: int | None = None, in_chans: int | None = No
             "description": preset.description}
 
 
-def model_table(pattern: str = "*", img_size: int | None = None, in_chans: int | None = None
-                ) -> list[dict[str, Any]]:
+def model_table(pattern: str = "*", img_size: int | None = None, in_chans: int | None = None,
+                bandwidth_ratio: float | None = None) -> list[dict[str, Any]]:
     """:func:`model_info` for every preset matching ``pattern`` (native-size presets
     counted at ``img_size``/``in_chans``, default 28x28x1), ordered M, L, H, CSC within
     each family prefix, plus ``ratio_vs_M``: the count relative to the ``M`` preset of the
@@ -152,7 +161,8 @@ def model_table(pattern: str = "*", img_size: int | None = None, in_chans: int |
 
     def info(n: str) -> dict[str, Any]:
         native = MODELS.get(n).input_preset == "native"
-        return model_info(n, img_size, in_chans) if native else model_info(n)
+        return model_info(n, img_size, in_chans, bandwidth_ratio) if native else model_info(n, None, None,
+                                                                                           bandwidth_ratio)
 
     rows = [info(n) for n in sorted(names, key=order)]
     for r in rows:

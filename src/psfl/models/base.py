@@ -39,6 +39,9 @@ class ModelPreset:
     input_preset: str  # key into psfl.data.spec.INPUT_PRESETS
     build: Callable[..., nn.Module]  # build(img_size=, in_chans=, **overrides) -> model
     description: str = ""
+    # k/n the preset transmits when neither bandwidth_ratio nor channel_dim is given: its c
+    # follows the input size (psfl.models.channel_dim_for). None: the config's fixed c.
+    bandwidth_ratio: float | None = None
 
 
 MODELS: Registry[ModelPreset] = Registry("model preset")

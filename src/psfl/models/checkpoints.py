@@ -172,8 +172,10 @@ def load_model_checkpoint(path: str | Path, device: torch.device | str | None = 
                         "official MAE weights go through load_mae_checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise PsflError(f"{str(path)!r}: unsupported checkpoint version {ckpt.get('version')!r}")
+    # every model built since presets have a default k/n records its c as an override;
+    # a checkpoint without one was built at the preset config's fixed c
     model = create_model(ckpt["preset"], img_size=ckpt["img_size"], in_chans=ckpt["in_chans"],
-                         **ckpt.get("overrides", {}))
+                         preset_ratio=False, **ckpt.get("overrides", {}))
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

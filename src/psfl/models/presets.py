@@ -18,17 +18,21 @@ GSC counts include the bias-free channel codec D -> 512 -> D and exclude the fix
 sin-cos position embeddings, e.g. 111,655,680 + 2 x 768 x 512 = 112,442,112; all three
 equal Table I exactly. paper-CSC is 0.038 % below Table I's 54,721,065.
 
-``cpu`` (native size: 28x28x1 or 32x32x3, patch 4 -> 7x7 / 8x8 tokens, c = 64): the
-paper's scaling in miniature. As in the paper the decoder (64 wide, 2 blocks) is shared
+``cpu`` (native size: 28x28x1 or 32x32x3, patch 4 -> 7x7 / 8x8 tokens): the paper's
+scaling in miniature, at a real compression: k/n = 1/6 by default, c set by the input
+size (GSC c = 6 at 28x28x1, k/n 0.1875; c = 16 at 32x32x3; CSC c = 16 / 64, k/n 0.163 /
+1/6); ``model.bandwidth_ratio`` builds them at 1/12 or any other k/n. Before 2026-12-05
+they used c = 64 (k/n 2.0 for the GSC, 0.653 for the CSC at 28x28x1); parameter counts
+below are at that c. As in the paper the decoder (64 wide, 2 blocks) is shared
 and the encoder grows in width and depth (M 64x4, L 96x7, H 128x9; head width 16).
 At 28x28x1: 314,768 / 904,496 / 1,912,848 / 161,161 parameters, i.e.
 M : L : H : CSC = 1 : 2.87 : 6.08 : 0.51 (paper 1 : 2.94 : 5.85 : 0.49); at 32x32x3:
 318,896 / 909,648 / 1,919,024 / 161,819 (1 : 2.85 : 6.02 : 0.51). The CSC trunk keeps
 ResNet-18's 2-2-2-2 BasicBlocks at stage widths (8, 16, 32, 48).
 
-``deepjscc`` / ``deepjscc-gdn`` (native size, c = 16): the DeepJSCC autoencoder of
-Bourtsoulatze et al. 2019 (:mod:`psfl.models.deepjscc`), the anchor that deep-JSCC
-results are quoted for; k/n = 1/6 at 32x32x3 (``bandwidth_ratio`` sets c for others).
+``deepjscc`` / ``deepjscc-gdn`` (native size, k/n = 1/6 by default: c = 16 at 32x32x3,
+6 at 28x28x1): the DeepJSCC autoencoder of Bourtsoulatze et al. 2019
+(:mod:`psfl.models.deepjscc`), the anchor that deep-JSCC results are quoted for.
 
 ``tiny`` (native size, c = 8), for tests: at 28x28x1 7,728 / 24,616 / 43,392 / 4,624
 parameters (1 : 3.19 : 5.62 : 0.60).
@@ -82,8 +86,9 @@ def _jscc(name: str, cfg: DeepJSCCConfig) -> Callable[..., nn.Module]:
     return build
 
 
-def _register(name: str, family: str, input_preset: str, build: Callable[..., nn.Module], text: str) -> None:
-    MODELS.register(name)(ModelPreset(name, family, input_preset, build, text))
+def _register(name: str, family: str, input_preset: str, build: Callable[..., nn.Module], text: str,
+              bandwidth_ratio: float | None = None) -> None:
+    MODELS.register(name)(ModelPreset(name, family, input_preset, build, text, bandwidth_ratio))
 
 
 # ------------------------------------------------------------------ paper (Table I)
@@ -106,18 +111,20 @@ _CPU = {
     "L": GSCConfig(embed_dim=96, depth=7, num_heads=6, **_CPU_DEC),
     "H": GSCConfig(embed_dim=128, depth=9, num_heads=8, **_CPU_DEC),
 }
+CPU_BANDWIDTH_RATIO = 1 / 6  # the cpu presets' default k/n (1/12 and others: model.bandwidth_ratio)
 for _tier, _cfg in _CPU.items():
     _register(f"cpu-{_tier}", "gsc", "native", _gsc(f"cpu-{_tier}", _cfg, None, None),
-              f"GSC-{_tier} for CPU: ViT {_cfg.embed_dim}x{_cfg.depth}, patch 4, decoder 64x2, c=64")
+              f"GSC-{_tier} for CPU: ViT {_cfg.embed_dim}x{_cfg.depth}, patch 4, decoder 64x2, default k/n 1/6",
+              CPU_BANDWIDTH_RATIO)
 _register("cpu-CSC", "csc", "native",
           _csc("cpu-CSC", CSCConfig(widths=(8, 16, 32, 48), channel_dim=64, deconv_channels=(32, 16)), None, None),
-          "CSC for CPU: ResNet-18 widths (8,16,32,48), deconvolutions (32, 16), c=64")
+          "CSC for CPU: ResNet-18 widths (8,16,32,48), deconvolutions (32, 16), default k/n 1/6", CPU_BANDWIDTH_RATIO)
 
 # ------------------------------------------------------------------ DeepJSCC (the field's anchor)
 _register("deepjscc", "jscc", "native", _jscc("deepjscc", DeepJSCCConfig()),
-          "DeepJSCC (Bourtsoulatze 2019): conv 16-32-32-32-c, PReLU, c=16 (k/n=1/6 at 32x32x3)")
+          "DeepJSCC (Bourtsoulatze 2019): conv 16-32-32-32-c, PReLU, default k/n 1/6", CPU_BANDWIDTH_RATIO)
 _register("deepjscc-gdn", "jscc", "native", _jscc("deepjscc-gdn", DeepJSCCConfig(gdn=True)),
-          "DeepJSCC with GDN / inverse GDN before every PReLU, c=16 (k/n=1/6 at 32x32x3)")
+          "DeepJSCC with GDN / inverse GDN before every PReLU, default k/n 1/6", CPU_BANDWIDTH_RATIO)
 
 # ------------------------------------------------------------------ tiny (tests)
 _TINY_DEC = dict(patch_size=4, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, channel_dim=8)
