@@ -176,6 +176,35 @@ def test_a_folder_made_with_another_config_is_refused(exp_dir, tmp_path):
         check_existing(r)
 
 
+def test_a_folder_made_with_other_models_is_refused_though_its_config_matches(exp_dir, tmp_path):
+    """The same config builds other models since the presets default to a k/n (c = 64
+    before): a stored run whose provenance records no channel widths, or other ones, is
+    'stale', and reproduce refuses to count or resume it."""
+    from psfl.config import dump_config
+    from psfl.experiments.reproduce import check_existing, expected_channel_dim, models_problem
+
+    runs = plan([load_experiment("fig4", exp_dir)], load_scale("tiny", exp_dir), [0], tmp_path / "runs",
+                ["fashion_mnist"])
+    r = runs[0]
+    r.path.mkdir(parents=True)
+    (r.path / "config.toml").write_text(dump_config(r.cfg))
+    assert models_problem(r) is None  # nothing stored yet
+    check_existing(r)
+    prov = {"data": {}}
+    (r.path / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(PsflError, match="other models .*records no model widths"):
+        check_existing(r)
+    c = expected_channel_dim(r.cfg, "tiny-CSC")
+    prov["models"] = {"note": "k/n ...", "tiny-CSC": {"channel_dim": c + 2}}
+    (r.path / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(PsflError, match=f"tiny-CSC was built with c = {c + 2}, the config builds c = {c} now"):
+        check_existing(r)
+    prov["models"]["tiny-CSC"]["channel_dim"] = c
+    (r.path / "provenance.json").write_text(json.dumps(prov))
+    assert models_problem(r) is None
+    check_existing(r)
+
+
 def test_run_lock_refuses_a_second_writer(tmp_path):
     from psfl.runners.lock import RunLockedError, run_lock
 

@@ -40,3 +40,19 @@ def test_tune_chooses_the_best_validation_point_and_refuses_the_test_split(tmp_p
         assert res["choices"][method]["points"] == pytest.approx(scores)
         assert res["choices"][method]["set"] == [max(scores, key=lambda k: (scores[k], k == "train.lr=0.003"))]
     assert "| fedavg |" in (tmp_path / "choices.md").read_text() and res["validation_samples"] == 570
+
+
+def test_tune_adds_a_later_calls_methods_and_refuses_another_budget(tmp_path, cache):
+    over = [a for o in tiny_overrides(cache, rounds=2, method="fedavg") for a in ("--set", o)]
+    over += ["--set", "data.validation_samples=570"]
+    base = ["tune", "--grid", "train.lr=0.003,0.05", "--last", "2", "--out", str(tmp_path), "--no-progress"]
+    assert main(base + ["--methods", "fedavg"] + over) == 0
+    first = json.loads((tmp_path / "choices.json").read_text())["choices"]["fedavg"]
+    assert main(base + ["--methods", "fedavg-csc"] + over) == 0  # another process's methods, same budget
+    res = json.loads((tmp_path / "choices.json").read_text())
+    assert list(res["choices"]) == ["fedavg", "fedavg-csc"] and res["choices"]["fedavg"] == first
+    rows = (tmp_path / "grid.csv").read_text().splitlines()
+    assert sum(r.startswith("fedavg,") for r in rows) == 2 and sum(r.startswith("fedavg-csc,") for r in rows) == 1
+    assert "| fedavg |" in (tmp_path / "choices.md").read_text()
+    assert main(base[:-1] + ["--last", "1", "--no-progress", "--methods", "stc"] + over) == 2  # other budget
+    assert not (tmp_path / "stc").exists()  # refused before any run

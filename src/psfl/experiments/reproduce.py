@@ -230,8 +230,53 @@ def has_checkpoint(path: Path) -> bool:
     return any((path / name).is_file() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
 
 
+_CHANNEL_DIMS: dict[tuple[Any, ...], int] = {}
+
+
+def expected_channel_dim(cfg: RunConfig, preset: str) -> int:
+    """The channel width c that ``cfg`` builds ``preset`` with today (on the meta device)."""
+    from psfl.data import DATASETS, INPUT_PRESETS
+    from psfl.models import MODELS, create_model
+
+    info = DATASETS.get(cfg.data.dataset)
+    student = cfg.model.student or f"{cfg.model.family}-CSC"
+    res = INPUT_PRESETS.get(MODELS.get(student).input_preset).resolve(info.size, info.channels)
+    key = (preset, res.size, res.channels, cfg.model.ratio())
+    if key not in _CHANNEL_DIMS:
+        _CHANNEL_DIMS[key] = create_model(preset, img_size=res.size, in_chans=res.channels, device="meta",
+                                          bandwidth_ratio=cfg.model.ratio()).channel_dim
+    return _CHANNEL_DIMS[key]
+
+
+def models_problem(run: PlannedRun) -> str | None:
+    """Why the models a stored run was made with are not the ones its config builds now
+    (None when they are, or nothing is stored yet). Its ``provenance.json`` records each
+    model's channel width c; runs made before that record (before the cpu presets
+    defaulted to k/n = 1/6, when their c was 64) cannot be the same models. The config
+    alone cannot tell: the same config builds other models since that change."""
+    from psfl.runners.inprocess import PROVENANCE
+
+    path = run.path / PROVENANCE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text()).get("models")
+    except (ValueError, OSError):
+        return f"{path} cannot be read"
+    if not record:
+        return "its provenance.json records no model widths: made before the presets' default k/n (cpu presets at c = 64)"
+    for preset, m in record.items():
+        if isinstance(m, dict) and "channel_dim" in m:
+            want = expected_channel_dim(run.cfg, preset)
+            if m["channel_dim"] != want:
+                return f"{preset} was built with c = {m['channel_dim']}, the config builds c = {want} now"
+    return None
+
+
 def status(run: PlannedRun) -> str:
     done = rounds_done(run.path)
+    if done and models_problem(run):
+        return "stale"
     if done >= run.cfg.rounds:
         return "done"
     return f"{done}/{run.cfg.rounds}" if done or has_checkpoint(run.path) else "new"
@@ -250,6 +295,9 @@ def check_existing(run: PlannedRun) -> None:
     stored_path = run.path / CONFIG
     if not stored_path.is_file():
         return
+    why = models_problem(run)
+    if why:
+        raise PsflError(f"{run.path} holds a run with other models ({why}); move it away or use another --runs folder")
     from psfl.methods import METHODS
 
     stored = load_config(stored_path)
@@ -365,6 +413,11 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
             failed["workers"] = f"a worker exited with {[p.returncode for p in procs]}"
         if evaluators is not None:
             _share_evaluators(evaluators, runs, scale, available, extra, log)
+    if figures:
+        stale = [(r.key, why) for r in every_run if rounds_done(r.path) and (why := models_problem(r))]
+        if stale:
+            log(f"psfl reproduce: warning: {len(stale)} of the runs drawn were made with other models than their "
+                f"config builds now (e.g. {stale[0][0]}: {stale[0][1]}); the figures show those models")
     paths = draw(exps, scale, every_run, skipped, drawn, out_root, extra, device, failed) if figures else []
     if figures:  # the claims judge every experiment, also when only some were named
         claimed = list(dict.fromkeys(d for n in experiment_names(root) for d in load_experiment(n, root).datasets))

@@ -11,7 +11,9 @@ is left at its default for that method, so its grid is the grid's other axes.
 Outputs in ``OUT``: one run folder per (method, point, seed) (resumable: a finished run is
 kept, an interrupted one resumed), ``grid.csv`` (every point's score per seed),
 ``choices.json`` (per method: the chosen overrides, its score, the grid, the budget) and
-``choices.md``.
+``choices.md``. A later call on the same ``OUT`` with the same grid and budget adds its
+methods to these (so the grid can be run piecewise, disjoint ``--methods`` per process);
+one with another grid or budget is refused.
 """
 from __future__ import annotations
 
@@ -57,6 +59,27 @@ def point_name(point: dict[str, str]) -> str:
     return "+".join(f"{k}={v}" for k, v in point.items()) or "defaults"
 
 
+_BUDGET_KEYS = ("grid", "seeds", "rounds", "last", "local_steps", "validation_samples")
+
+
+def _earlier_choices(out: Path, summary: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The choices and grid rows an earlier call wrote to ``out`` (none if it holds none);
+    refuses them when they were made with another grid or budget."""
+    path = out / "choices.json"
+    if not path.is_file():
+        return {}, []
+    old = json.loads(path.read_text())
+    differ = [k for k in _BUDGET_KEYS if old.get(k) != summary[k]]
+    if differ:
+        raise PsflError(f"{path} holds choices made with another {', '.join(differ)}; "
+                        "use another --out (or move it away)")
+    rows: list[dict[str, Any]] = []
+    if (out / "grid.csv").is_file():
+        with (out / "grid.csv").open(newline="") as f:
+            rows = [{**r, "seed": int(r["seed"]), "score": float(r["score"])} for r in csv.DictReader(f)]
+    return dict(old.get("choices", {})), rows
+
+
 def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], seeds: Sequence[int], out: Path,
          last: int = 5, progress: bool = True, device: Any = "cpu",
          log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -73,6 +96,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
     if last < 1 or last > cfg.rounds:
         raise PsflError(f"--last must be in [1, rounds = {cfg.rounds}], got {last}")
     out.mkdir(parents=True, exist_ok=True)
+    budget = {"grid": grid, "seeds": list(seeds), "rounds": cfg.rounds, "last": last,
+              "local_steps": cfg.train.local_steps, "validation_samples": cfg.data.validation_samples}
+    earlier, earlier_rows = _earlier_choices(out, budget)  # refused before any run
     rows: list[dict[str, Any]] = []
     choices: dict[str, Any] = {}
     for m in methods:
@@ -96,8 +122,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         best = max(scored, key=lambda s: s[0])  # the first of equal scores
         choices[m] = {"set": [f"{k}={v}" for k, v in best[1].items()], "score": best[0], "per_seed": best[2],
                       "points": {point_name(p): s for s, p, _ in scored}}
-    summary = {"grid": grid, "seeds": list(seeds), "rounds": cfg.rounds, "last": last,
-               "local_steps": cfg.train.local_steps, "validation_samples": cfg.data.validation_samples,
+    rows = [r for r in earlier_rows if r["method"] not in choices] + rows
+    choices = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
+    summary = {**budget,
                "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
                         f"{cfg.data.validation_samples} held-out training images",
                "choices": choices}
