@@ -205,6 +205,28 @@ def test_a_folder_made_with_other_models_is_refused_though_its_config_matches(ex
     check_existing(r)
 
 
+def test_a_tuned_scale_gives_each_method_its_choice_without_renaming_the_runs(exp_dir, tmp_path):
+    choices = tmp_path / "choices.json"
+    choices.write_text(json.dumps({"choices": {"psfl": {"set": ["train.mse_weight=4", "train.student_lr=0.15"]},
+                                               "fedavg": {"set": ["train.lr=0.03"]}}}))
+    (exp_dir / "scale-tt.toml").write_text(f'extends = "tiny"\ntuned = "{choices}"\n[config]\nrounds = 3\n'
+                                           '[tuned_as]\npsfl-no-agp = "psfl"\n')
+    scale, plain = load_scale("tt", exp_dir), load_scale("tiny", exp_dir)
+    assert scale.config["rounds"] == 3 and scale.config["train"] == plain.config["train"]  # extends, overrides
+    runs = {r.name: r for r in plan([load_experiment("fig4", exp_dir)], scale, [0], tmp_path / "runs",
+                                    ["fashion_mnist"])}
+    assert set(runs) == {r.name for r in plan([load_experiment("fig4", exp_dir)], plain, [0], tmp_path / "runs",
+                                              ["fashion_mnist"])}  # the same folder names as untuned
+    for r in runs.values():
+        assert (r.cfg.train.mse_weight, r.cfg.train.student_lr, r.cfg.rounds) == (4, 0.15, 3)
+        assert r.path.parts[-4] == "tt"
+    with pytest.raises(PsflError, match="no tuned choice for method 'psfl-no-pld'"):
+        plan([load_experiment("fig9", exp_dir)], scale, [0], tmp_path / "runs", ["fashion_mnist"])
+    (exp_dir / "scale-tt.toml").write_text(f'extends = "tiny"\ntuned = "{choices}"\n[tuned_as]\nx = "stc"\n')
+    with pytest.raises(PsflError, match="no choice for 'stc'"):
+        load_scale("tt", exp_dir)
+
+
 def test_run_lock_refuses_a_second_writer(tmp_path):
     from psfl.runners.lock import RunLockedError, run_lock
 

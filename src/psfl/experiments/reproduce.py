@@ -4,7 +4,10 @@ An *experiment* (``experiments/reproduce/<name>.toml``) names a figure kind
 (:data:`psfl.experiments.figures.FIGURES`), the datasets of its panels, the metrics it draws and its
 *series*: a label, a method and ``--set`` overrides (e.g. ``data.alpha=0.3``). A *scale*
 (``scale-<name>.toml``) is the base run config (``[config]``) with per-dataset overrides
-(``[datasets.<name>] set = [...]``).
+(``[datasets.<name>] set = [...]``); it may extend another scale (``extends = "cpu"``) and
+take each method's settings from ``psfl tune`` (``tuned = "<choices.json>"``, with
+``[tuned_as]`` naming whose choice a method takes, e.g. an ablation its full method's):
+the tuned settings belong to the scale, so they do not name the run folders.
 
 Every (dataset, series, seed) is one federated run, stored once under
 ``RUNS/<scale>/<dataset>/<run name>/seed<k>/`` where the run name is the method plus the
@@ -61,6 +64,18 @@ class Scale:
     config: dict[str, Any]  # a RunConfig table
     datasets: dict[str, list[str]]  # per-dataset overrides
     source: str = ""
+    tuned: dict[str, list[str]] = field(default_factory=dict)  # method -> its tuned overrides
+    tuned_source: str = ""  # the choices.json they came from
+
+    def method_sets(self, method: str) -> list[str]:
+        """The overrides every run of ``method`` gets at this scale (its tuned choice)."""
+        if not self.tuned_source:
+            return []
+        if method not in self.tuned:
+            raise PsflError(f"{self.source}: no tuned choice for method {method!r} in {self.tuned_source} "
+                            f"(it has {', '.join(sorted(self.tuned)) or 'none'}); run psfl tune for it "
+                            "or name the method whose choice it takes in [tuned_as]")
+        return list(self.tuned[method])
 
 
 @dataclass
@@ -142,15 +157,54 @@ def load_scale(name: str, root: Path = EXPERIMENTS_DIR) -> Scale:
         known = sorted(p.stem.removeprefix("scale-") for p in Path(root).glob("scale-*.toml"))
         raise PsflError(f"unknown scale {name!r}; known: {', '.join(known)}")
     t = _read_toml(path)
-    unknown = sorted(set(t) - {"config", "datasets"})
+    keys = ("config", "datasets", "extends", "tuned", "tuned_as")
+    unknown = sorted(set(t) - set(keys))
     if unknown:
-        raise PsflError(f"{path}: unknown key(s) {', '.join(unknown)}; known: config, datasets")
-    per = {}
+        raise PsflError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(keys)}")
+    config: dict[str, Any] = {}
+    per: dict[str, list[str]] = {}
+    if "extends" in t:  # another scale's config and per-dataset overrides, then this file's
+        if t["extends"] == name or not isinstance(t["extends"], str):
+            raise PsflError(f"{path}: extends must name another scale")
+        parent = load_scale(t["extends"], root)
+        config, per = copy.deepcopy(parent.config), copy.deepcopy(parent.datasets)
+    _merge(config, t.get("config", {}))
     for ds, sub in t.get("datasets", {}).items():
         if set(sub) - {"set"}:
             raise PsflError(f"{path}: [datasets.{ds}] takes only set = [...]")
-        per[ds] = list(sub.get("set", []))
-    return Scale(name, t.get("config", {}), per, str(path))
+        per[ds] = per.get(ds, []) + list(sub.get("set", []))
+    scale = Scale(name, config, per, str(path))
+    if "tuned" in t:
+        scale.tuned, scale.tuned_source = _tuned_choices(path, t["tuned"], t.get("tuned_as", {})), str(t["tuned"])
+    elif "tuned_as" in t:
+        raise PsflError(f"{path}: tuned_as needs tuned = \"<choices.json>\"")
+    return scale
+
+
+def _merge(into: dict[str, Any], table: dict[str, Any]) -> None:
+    for k, v in table.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def _tuned_choices(scale_path: Path, file: str, tuned_as: dict[str, str]) -> dict[str, list[str]]:
+    """Per method, the overrides ``psfl tune`` chose (``file``: its choices.json, relative to
+    the repository root or absolute); ``tuned_as`` maps a method to the one whose choice
+    it takes (an ablation takes its full method's)."""
+    path = Path(file) if Path(file).is_absolute() else EXPERIMENTS_DIR.parents[1] / file
+    if not path.is_file():
+        raise PsflError(f"{scale_path}: tuned = {file!r}: no such file (psfl tune writes it)")
+    try:
+        choices = {m: list(c["set"]) for m, c in json.loads(path.read_text())["choices"].items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise PsflError(f"{scale_path}: {path} is not a psfl tune choices.json ({e})") from None
+    for method, source in tuned_as.items():
+        if source not in choices:
+            raise PsflError(f"{scale_path}: tuned_as {method} = {source!r}: {path} has no choice for {source!r}")
+        choices[method] = choices[source]
+    return choices
 
 
 def base_config(scale: Scale, dataset: str, extra: Sequence[str] = ()) -> RunConfig:
@@ -186,10 +240,12 @@ def plan(experiments: Sequence[Experiment], scale: Scale, seeds: Sequence[int], 
         for ds in exp.datasets:
             if ds not in datasets:
                 continue
-            base = base_config(scale, ds, extra)
+            scale_base = base_config(scale, ds, extra)
             for s in exp.series_for(ds):
                 for seed in seeds:
                     try:
+                        # the method's tuned choice is part of the scale: it does not name the folder
+                        base = load_config(None, scale.method_sets(s.method), base=copy.deepcopy(scale_base))
                         cfg = load_config(None, [f'method="{s.method}"', f"seed={seed}", *s.set],
                                           base=copy.deepcopy(base))
                         unused = set(METHODS.get(s.method).unused_fields(cfg))
@@ -541,7 +597,12 @@ def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available:
                      f"{', '.join(inp.skipped) or '-'} |")
     lines.append(f"| all (each run once) | | {sum(total.values()) / 3600:.2f} | |")
     path = Path(out_root) / "claims.md"
+    tuned = ""
+    if scale.tuned_source:
+        methods = sorted({r.cfg.method for r in runs})
+        tuned = (f"Each method's settings were tuned on validation data ({scale.tuned_source}): "
+                 + "; ".join(f"{m}: {' '.join(scale.method_sets(m)) or 'defaults'}" for m in methods) + ".\n\n")
     path.write_text(f"# psfl reproduce: state and claims (scale {scale.name}, seeds "
-                    f"{','.join(map(str, seeds))})\n\n" + "\n".join(lines) + "\n\n## Claims\n\n"
+                    f"{','.join(map(str, seeds))})\n\n" + tuned + "\n".join(lines) + "\n\n## Claims\n\n"
                     + claims_markdown(inputs) + "\n")
     return path
