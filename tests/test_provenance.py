@@ -185,6 +185,18 @@ def test_resume_extends_rounds_and_refuses_other_changes(tmp_path, reference_run
     assert "cannot change train.lr" in capsys.readouterr().err
     with pytest.raises(PsflError, match="below the 3 rounds"):
         resume_config(part, ["rounds=1"])
+    # The same config building other models (a run from before the presets' default k/n,
+    # or a preset whose c changed) is refused, never resumed into other weights.
+    prov = json.loads((part / "provenance.json").read_text())
+    prov["models"]["tiny-M"]["channel_dim"] += 2
+    (part / "provenance.json").write_text(json.dumps(prov))
+    capsys.readouterr()
+    assert main(["run", "--resume", str(part), "--no-progress", "--set", "rounds=4"]) == 2
+    assert "tiny-M was built with c = 10" in capsys.readouterr().err
+    del prov["models"]
+    (part / "provenance.json").write_text(json.dumps(prov))
+    assert main(["run", "--resume", str(part), "--no-progress", "--set", "rounds=4"]) == 2
+    assert "records no models" in capsys.readouterr().err
 
 
 def test_data_provenance_relative_dir_and_fingerprint_check(tmp_path, cache, capsys, monkeypatch):

@@ -387,7 +387,9 @@ def model_records(env: FederatedEnv, presets: list[str]) -> dict[str, Any]:
 
 
 def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
-    """``--resume`` guard: the data and partition fingerprints must match the stored ones."""
+    """``--resume`` guard: the data and partition fingerprints must match the stored ones,
+    and the models (parameters, channel width) the config builds now the stored ones (the
+    same config builds other models since the presets default to a k/n)."""
     path = run_dir / PROVENANCE
     if not path.is_file():
         raise PsflError(f"{run_dir}: no {PROVENANCE}; cannot verify the data of this run")
@@ -397,6 +399,16 @@ def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
         if a != b:
             raise PsflError(f"--resume {run_dir}: the {what} differ from the run's (fingerprint {b[:12]} now, "
                             f"{a[:12]} when it started); resume with the same data")
+    if "models" not in old:
+        raise PsflError(f"--resume {run_dir}: its {PROVENANCE} records no models (made before the presets' "
+                        "default k/n, when the cpu presets had c = 64); it cannot be resumed with today's models")
+    for preset, now in prov["models"].items():
+        was = old["models"].get(preset)
+        if isinstance(now, dict) and isinstance(was, dict) and \
+                (was.get("channel_dim"), was.get("params")) != (now["channel_dim"], now["params"]):
+            raise PsflError(f"--resume {run_dir}: {preset} was built with c = {was.get('channel_dim')} "
+                            f"({was.get('params')} parameters), the config builds c = {now['channel_dim']} "
+                            f"({now['params']}) now")
 
 
 RESUMABLE = ("rounds",)  # the only fields --resume may change (extend a run)
