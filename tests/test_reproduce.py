@@ -74,6 +74,18 @@ def test_experiment_files_load_and_runs_are_shared():
     assert len({r.path for r in runs}) == len(runs)
 
 
+def test_tail_slope_is_the_least_squares_slope_of_the_last_rounds():
+    from psfl.experiments.figures import flat_note, tail_slope
+
+    g = np.random.default_rng(0)
+    v = g.random((3, 25))
+    want = [np.polyfit(np.arange(10), row[-10:], 1)[0] for row in v]  # an independent fit
+    assert tail_slope(v) == pytest.approx(want)
+    assert tail_slope(np.arange(6.0)[None]) == pytest.approx([1.0])  # fewer rounds: all of them
+    assert flat_note(np.array([0.004, 0.005])) == "flat" and flat_note(np.array([0.01])) == "rising"
+    assert flat_note(np.array([-0.02])) == "falling" and flat_note(np.zeros(0)) == "-"
+
+
 def test_bad_experiment_files_are_rejected(exp_dir):
     (exp_dir / "bad.toml").write_text('title = "x"\nplot = "curves"\ndatasets = ["mnist"]\nmetrics = ["acc"]\n'
                                       '[[series]]\nlabel = "a"\nmethod = "psfl"\n')
@@ -147,6 +159,12 @@ def test_reproduce_all_tiny_runs_resumes_and_draws(exp_dir, tmp_path, cache, cap
     claims = (out / "claims.md").read_text()
     assert main(argv[:1] + ["fig11"] + argv[2:] + ["--figures-only"]) == 0
     assert (out / "claims.md").read_text() == claims and "cifar100" in claims
+    # convergence: the slope of two rounds is their difference, in claims.md and the summaries
+    acc = [r["global"]["accuracy"] for r in read_records(runs / "tiny" / "fashion_mnist" / "fedavg" / "seed0"
+                                                         / "metrics.jsonl")]
+    slope = f"{acc[1] - acc[0]:+.4f}"
+    assert f"| fashion_mnist | fedavg | 2 x 2 | 1/1 | {slope} |" in claims
+    assert f"| {slope} |" in (out / "fig11" / "summary.md").read_text()
 
 
 def test_missing_data_is_skipped_by_default_and_refused_when_asked(exp_dir, tmp_path, capsys):

@@ -22,6 +22,8 @@ from psfl.utils.errors import PsflError
 from psfl.utils.registry import Registry
 
 LAST = 5  # rounds averaged for the summary of one run (one final round does not decide)
+SLOPE_ROUNDS = 10  # a curve is flat when its mean slope over these last rounds ...
+FLAT_SLOPE = 0.005  # ... is below this (global accuracy per round), in absolute value
 PANEL = "abcdefgh"
 
 
@@ -127,6 +129,28 @@ def last_mean(values: np.ndarray, last: int = LAST) -> np.ndarray:
     return values[:, -last:].mean(1) if values.size else np.zeros(0)
 
 
+def tail_slope(values: np.ndarray, rounds: int = SLOPE_ROUNDS) -> np.ndarray:
+    """Per seed: the least-squares slope (per round) of the last ``rounds`` rounds (all of
+    them when a run has fewer)."""
+    if not values.size:
+        return np.zeros(0)
+    tail = values[:, -rounds:]
+    t = np.arange(tail.shape[1], dtype=float)
+    if len(t) < 2:
+        return np.full(len(tail), np.nan)
+    t -= t.mean()
+    return (tail - tail.mean(1, keepdims=True)) @ t / (t @ t)
+
+
+def flat_note(slopes: np.ndarray) -> str:
+    """``"flat"`` when the mean slope is within :data:`FLAT_SLOPE`, else ``"rising"`` or
+    ``"falling"`` ("-" without runs)."""
+    if not slopes.size or np.isnan(slopes).all():
+        return "-"
+    m = float(np.nanmean(slopes))
+    return "flat" if abs(m) < FLAT_SLOPE else ("rising" if m > 0 else "falling")
+
+
 def pm(v: np.ndarray, fmt: str = "{:.3f}") -> str:
     if v.size == 0 or np.isnan(v).all():
         return "-"
@@ -165,7 +189,8 @@ def write_summary(inp: FigureInput, metrics: Sequence[str], out: Path, fmt: dict
     each run's last-5-round mean; datasets not run are listed with the reason."""
     fmt = fmt or {}
     rows, lines = [], []
-    head = ["dataset", "series", "seeds", "k/n"] + [f"{m} (last {LAST})" for m in metrics]
+    head = ["dataset", "series", "seeds", "k/n"] + [f"{m} (last {LAST})" for m in metrics] + \
+        [f"global accuracy slope per round (last {SLOPE_ROUNDS})", f"flat (< {FLAT_SLOPE})"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ds in inp.datasets:
         for s in inp.exp.series_for(ds):
@@ -181,6 +206,11 @@ def write_summary(inp: FigureInput, metrics: Sequence[str], out: Path, fmt: dict
                 row[f"{m}_mean"] = float(v.mean()) if v.size else float("nan")
                 row[f"{m}_sd"] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
                 cells.append(pm(v, fmt.get(m, "{:.3f}")))
+            slopes = tail_slope(curves(runs, "global_accuracy", inp.rounds[ds]))
+            row["global_accuracy_slope_mean"] = float(slopes.mean()) if slopes.size else float("nan")
+            row["global_accuracy_slope_sd"] = float(slopes.std(ddof=1)) if slopes.size > 1 else float("nan")
+            row["flat"] = flat_note(slopes)
+            cells += [pm(slopes, "{:+.4f}"), row["flat"]]
             rows.append(row)
             lines.append("| " + " | ".join(cells) + " |")
     return write_tables(inp, lines, rows, out)

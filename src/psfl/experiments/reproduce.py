@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from psfl.config import RunConfig, _apply, _get, diff_configs, load_config, tomllib
 from psfl.utils.errors import PsflError
 
@@ -575,6 +577,36 @@ def draw(exps: Sequence[Experiment], scale: Scale, runs: Sequence[PlannedRun], s
     return paths
 
 
+def convergence_lines(runs: Sequence[PlannedRun]) -> list[str]:
+    """A markdown table: per dataset and run (over its finished seeds), the budget and the
+    global accuracy's slope per round over the last rounds, flat or not
+    (:func:`psfl.experiments.figures.tail_slope`)."""
+    from psfl.experiments.figures import FLAT_SLOPE, SLOPE_ROUNDS, flat_note, pm, tail_slope
+    from psfl.runners.inprocess import read_records
+
+    groups: dict[tuple[str, str], list[PlannedRun]] = {}
+    for r in runs:
+        groups.setdefault((r.dataset, r.name), []).append(r)
+    out = [f"Global accuracy (scorer): mean ± sd over seeds of each run's least-squares slope over its last "
+           f"{SLOPE_ROUNDS} rounds; flat when the mean is within ±{FLAT_SLOPE} per round.", "",
+           "| dataset | run | rounds x local steps | seeds finished | slope per round | flat |", "|---|---|---|---|---|---|"]
+    for (ds, name), rs in groups.items():
+        acc = []
+        for r in rs:
+            try:
+                recs = read_records(r.path / "metrics.jsonl", quiet=True)
+            except (ValueError, OSError):
+                recs = []
+            if len(recs) >= r.cfg.rounds:
+                acc.append([x["global"]["accuracy"] for x in recs[:r.cfg.rounds]])
+        slopes = tail_slope(np.array(acc, dtype=float).reshape(len(acc), rs[0].cfg.rounds if acc else 0))
+        budget = (f"{rs[0].cfg.rounds} x {rs[0].cfg.train.local_steps}" if not rs[0].cfg.train.local_epochs
+                  else f"{rs[0].cfg.rounds} x {rs[0].cfg.train.local_epochs} epochs")
+        out.append(f"| {ds} | {name} | {budget} | {len(acc)}/{len(rs)} | {pm(slopes, '{:+.4f}')} | "
+                   f"{flat_note(slopes)} |")
+    return out
+
+
 def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available: Sequence[str],
                  skipped: dict[str, str], out_root: Path, extra: Sequence[str] = (),
                  root: Path = EXPERIMENTS_DIR) -> Path:
@@ -596,6 +628,7 @@ def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available:
         lines.append(f"| {exp.name} | {done}/{len(used)} | {sum(u['compute_s'] for u in used) / 3600:.2f} | "
                      f"{', '.join(inp.skipped) or '-'} |")
     lines.append(f"| all (each run once) | | {sum(total.values()) / 3600:.2f} | |")
+    lines += ["", "## Convergence", "", *convergence_lines(runs)]
     path = Path(out_root) / "claims.md"
     tuned = ""
     if scale.tuned_source:
