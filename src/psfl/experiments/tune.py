@@ -17,6 +17,7 @@ one with another grid or budget is refused.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -106,8 +107,11 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         for point in method_points(cfg, m, grid):
             per_seed = []
             for seed in seeds:
+                # a copy: load_config writes into its base, and one method's point must not
+                # leak into the next method's runs
                 run_cfg = check_run_config(load_config(None, [f'method="{m}"', f"seed={seed}",
-                                                              *(f"{k}={v}" for k, v in point.items())], base=cfg))
+                                                              *(f"{k}={v}" for k, v in point.items())],
+                                                       base=copy.deepcopy(cfg)))
                 run_dir = out / m / point_name(point) / f"seed{seed}"
                 done = read_records(run_dir / "metrics.jsonl", quiet=True)
                 if len(done) < run_cfg.rounds:
