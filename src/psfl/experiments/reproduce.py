@@ -288,47 +288,43 @@ def has_checkpoint(path: Path) -> bool:
     return any((path / name).is_file() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
 
 
-_CHANNEL_DIMS: dict[tuple[Any, ...], int] = {}
+_MODELS_NOW: dict[tuple[Any, ...], dict[str, int]] = {}
 
 
-def expected_channel_dim(cfg: RunConfig, preset: str) -> int:
-    """The channel width c that ``cfg`` builds ``preset`` with today (on the meta device)."""
+def model_now(cfg: RunConfig, preset: str) -> dict[str, int]:
+    """Channel width and parameter count of ``preset`` as ``cfg`` builds it today (on the
+    meta device), in the shape of a run's ``provenance.json["models"]`` entries."""
     from psfl.data import DATASETS, INPUT_PRESETS
-    from psfl.models import MODELS, create_model
+    from psfl.models import MODELS, count_parameters, create_model
 
     info = DATASETS.get(cfg.data.dataset)
     student = cfg.model.student or f"{cfg.model.family}-CSC"
     res = INPUT_PRESETS.get(MODELS.get(student).input_preset).resolve(info.size, info.channels)
     key = (preset, res.size, res.channels, cfg.model.ratio())
-    if key not in _CHANNEL_DIMS:
-        _CHANNEL_DIMS[key] = create_model(preset, img_size=res.size, in_chans=res.channels, device="meta",
-                                          bandwidth_ratio=cfg.model.ratio()).channel_dim
-    return _CHANNEL_DIMS[key]
+    if key not in _MODELS_NOW:
+        m = create_model(preset, img_size=res.size, in_chans=res.channels, device="meta",
+                         bandwidth_ratio=cfg.model.ratio())
+        _MODELS_NOW[key] = {"channel_dim": m.channel_dim, "params": count_parameters(m)}
+    return _MODELS_NOW[key]
 
 
 def models_problem(run: PlannedRun) -> str | None:
     """Why the models a stored run was made with are not the ones its config builds now
-    (None when they are, or nothing is stored yet). Its ``provenance.json`` records each
-    model's channel width c; runs made before that record (before the cpu presets
-    defaulted to k/n = 1/6, when their c was 64) cannot be the same models. The config
-    alone cannot tell: the same config builds other models since that change."""
-    from psfl.runners.inprocess import PROVENANCE
+    (None when they are, or nothing is stored yet): the config alone cannot tell, since
+    the same config builds other models after the presets took a default k/n
+    (:func:`psfl.runners.inprocess.models_mismatch`)."""
+    from psfl.models import MODELS
+    from psfl.runners.inprocess import PROVENANCE, models_mismatch
 
     path = run.path / PROVENANCE
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text()).get("models")
+        stored = json.loads(path.read_text()).get("models")
     except (ValueError, OSError):
         return f"{path} cannot be read"
-    if not record:
-        return "its provenance.json records no model widths: made before the presets' default k/n (cpu presets at c = 64)"
-    for preset, m in record.items():
-        if isinstance(m, dict) and "channel_dim" in m:
-            want = expected_channel_dim(run.cfg, preset)
-            if m["channel_dim"] != want:
-                return f"{preset} was built with c = {m['channel_dim']}, the config builds c = {want} now"
-    return None
+    presets = [p for p, m in (stored or {}).items() if isinstance(m, dict) and p in MODELS]
+    return models_mismatch(stored, {p: model_now(run.cfg, p) for p in presets})
 
 
 def status(run: PlannedRun) -> str:

@@ -399,16 +399,25 @@ def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
         if a != b:
             raise PsflError(f"--resume {run_dir}: the {what} differ from the run's (fingerprint {b[:12]} now, "
                             f"{a[:12]} when it started); resume with the same data")
-    if "models" not in old:
-        raise PsflError(f"--resume {run_dir}: its {PROVENANCE} records no models (made before the presets' "
-                        "default k/n, when the cpu presets had c = 64); it cannot be resumed with today's models")
-    for preset, now in prov["models"].items():
-        was = old["models"].get(preset)
-        if isinstance(now, dict) and isinstance(was, dict) and \
-                (was.get("channel_dim"), was.get("params")) != (now["channel_dim"], now["params"]):
-            raise PsflError(f"--resume {run_dir}: {preset} was built with c = {was.get('channel_dim')} "
-                            f"({was.get('params')} parameters), the config builds c = {now['channel_dim']} "
-                            f"({now['params']}) now")
+    why = models_mismatch(old.get("models"), prov["models"])
+    if why:
+        raise PsflError(f"--resume {run_dir}: {why}; it cannot be resumed with today's models")
+
+
+def models_mismatch(stored: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """Why a run's stored model record (``provenance.json["models"]``) differs from
+    ``now`` (the same shape: per preset its ``channel_dim`` and ``params``), or None. A run
+    recorded without one predates the presets' default k/n (the cpu presets had c = 64):
+    the same config builds other models since."""
+    if not stored:
+        return f"its {PROVENANCE} records no models (made before the presets' default k/n, cpu presets at c = 64)"
+    for preset, m in now.items():
+        was = stored.get(preset)
+        if isinstance(m, dict) and isinstance(was, dict) and \
+                (was.get("channel_dim"), was.get("params")) != (m["channel_dim"], m["params"]):
+            return (f"{preset} was built with c = {was.get('channel_dim')} ({was.get('params')} parameters), "
+                    f"the config builds c = {m['channel_dim']} ({m['params']}) now")
+    return None
 
 
 RESUMABLE = ("rounds",)  # the only fields --resume may change (extend a run)
