@@ -202,7 +202,8 @@ def test_a_folder_made_with_other_models_is_refused_though_its_config_matches(ex
     before): a stored run whose provenance records no channel widths, or other ones, is
     'stale', and reproduce refuses to count or resume it."""
     from psfl.config import dump_config
-    from psfl.experiments.reproduce import check_existing, model_now, models_problem
+    from psfl.experiments.reproduce import check_existing, models_problem
+    from psfl.runners.inprocess import model_now
 
     runs = plan([load_experiment("fig4", exp_dir)], load_scale("tiny", exp_dir), [0], tmp_path / "runs",
                 ["fashion_mnist"])

@@ -31,7 +31,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                                         "evaluator cache before any run, and the ones the runs used are copied "
                                         "there, so that every machine and seed uses the same classifiers")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (worker processes sharing the queue)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, their state and their compute (recorded, and projected from the round "
+                        "times of runs of the same cost at --jobs); run nothing")
+    p.add_argument("--timings", action="append", default=[], metavar="DIR",
+                   help="--dry-run: also take round times from the run folders under DIR (e.g. another scale's)")
     p.add_argument("--figures-only", action="store_true", help="draw from the finished runs; run nothing")
     p.add_argument("--no-figures", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     p.add_argument("--no-progress", action="store_true")
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                     progress=not args.no_progress, run=not args.figures_only, figures=not args.no_figures,
                     dry_run=args.dry_run, worker_argv=worker, jobs=args.jobs,
                     root=Path(args.experiments) if args.experiments else EXPERIMENTS_DIR,
-                    evaluators=Path(args.evaluators) if args.evaluators else out / "evaluators")
+                    evaluators=Path(args.evaluators) if args.evaluators else out / "evaluators",
+                    timings=[Path(d) for d in args.timings])
     if args.dry_run:
         done = sum(1 for r in res.runs if (r.path / "metrics.jsonl").exists())
         print(f"{len(res.runs)} runs ({done} started or finished)")

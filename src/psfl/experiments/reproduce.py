@@ -288,43 +288,14 @@ def has_checkpoint(path: Path) -> bool:
     return any((path / name).is_file() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
 
 
-_MODELS_NOW: dict[tuple[Any, ...], dict[str, int]] = {}
-
-
-def model_now(cfg: RunConfig, preset: str) -> dict[str, int]:
-    """Channel width and parameter count of ``preset`` as ``cfg`` builds it today (on the
-    meta device), in the shape of a run's ``provenance.json["models"]`` entries."""
-    from psfl.data import DATASETS, INPUT_PRESETS
-    from psfl.models import MODELS, count_parameters, create_model
-
-    info = DATASETS.get(cfg.data.dataset)
-    student = cfg.model.student or f"{cfg.model.family}-CSC"
-    res = INPUT_PRESETS.get(MODELS.get(student).input_preset).resolve(info.size, info.channels)
-    key = (preset, res.size, res.channels, cfg.model.ratio())
-    if key not in _MODELS_NOW:
-        m = create_model(preset, img_size=res.size, in_chans=res.channels, device="meta",
-                         bandwidth_ratio=cfg.model.ratio())
-        _MODELS_NOW[key] = {"channel_dim": m.channel_dim, "params": count_parameters(m)}
-    return _MODELS_NOW[key]
-
-
 def models_problem(run: PlannedRun) -> str | None:
     """Why the models a stored run was made with are not the ones its config builds now
     (None when they are, or nothing is stored yet): the config alone cannot tell, since
     the same config builds other models after the presets took a default k/n
     (:func:`psfl.runners.inprocess.models_mismatch`)."""
-    from psfl.models import MODELS
-    from psfl.runners.inprocess import PROVENANCE, models_mismatch
+    from psfl.runners.inprocess import stored_models_problem
 
-    path = run.path / PROVENANCE
-    if not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text()).get("models")
-    except (ValueError, OSError):
-        return f"{path} cannot be read"
-    presets = [p for p, m in (stored or {}).items() if isinstance(m, dict) and p in MODELS]
-    return models_mismatch(stored, {p: model_now(run.cfg, p) for p in presets})
+    return stored_models_problem(run.cfg, run.path)
 
 
 def status(run: PlannedRun) -> str:
@@ -403,7 +374,8 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
               datasets: Sequence[str] | None = None, extra: Sequence[str] = (), device: Any = "cpu",
               progress: bool = True, run: bool = True, figures: bool = True, dry_run: bool = False,
               worker_argv: Sequence[str] | None = None, jobs: int = 1, root: Path = EXPERIMENTS_DIR,
-              evaluators: Path | None = None, log: Callable[[str], None] = print) -> Outcome:
+              evaluators: Path | None = None, timings: Sequence[Path] = (),
+              log: Callable[[str], None] = print) -> Outcome:
     """Plan, run (resumably) and draw the experiments ``names`` (``["all"]``: every one).
 
     ``datasets`` restricts the runs to these datasets, which must have data here; the
@@ -415,7 +387,9 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     ``evaluators`` (a folder, e.g. ``results/evaluators``): the trained classifiers kept
     there go into the evaluator cache before any run, and the ones the finished runs used
     are copied there afterwards, so that every machine (and every later seed) trains
-    against and scores with the same ones."""
+    against and scores with the same ones. ``dry_run`` lists the runs and what they cost
+    (:mod:`psfl.experiments.budget`: recorded round times, and for the rest those of runs of
+    the same cost, also from the run folders under ``timings``) at ``jobs`` workers."""
     import subprocess
 
     from psfl.utils.errors import DivergenceError
@@ -443,8 +417,12 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     every_run = plan(exps, scale, seeds, runs_root, drawn, extra)
     runs = [r for r in every_run if r.dataset in available]
     if dry_run:
+        from psfl.experiments.budget import budget_lines, project
+
         for r in runs:
             log(f"{status(r):>8}  {r.key}  -> {r.path}")
+        for line in budget_lines(project(runs, timings), jobs, {r.key: r.dataset for r in runs}):
+            log(line)
         return Outcome(runs, {}, {d: w for d, w in skipped.items() if d in asked}, [])
     failed: dict[str, str] = {}
     if run:

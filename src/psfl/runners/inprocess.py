@@ -420,6 +420,43 @@ def models_mismatch(stored: dict[str, Any] | None, now: dict[str, Any]) -> str |
     return None
 
 
+_MODELS_NOW: dict[tuple[Any, ...], dict[str, int]] = {}
+
+
+def model_now(cfg: RunConfig, preset: str) -> dict[str, int]:
+    """Channel width and parameter count of ``preset`` as ``cfg`` builds it today (on the
+    meta device), in the shape of a run's ``provenance.json["models"]`` entries."""
+    from psfl.data import DATASETS, INPUT_PRESETS
+    from psfl.models import MODELS, count_parameters, create_model
+
+    info = DATASETS.get(cfg.data.dataset)
+    student = cfg.model.student or f"{cfg.model.family}-CSC"
+    res = INPUT_PRESETS.get(MODELS.get(student).input_preset).resolve(info.size, info.channels)
+    key = (preset, res.size, res.channels, cfg.model.ratio())
+    if key not in _MODELS_NOW:
+        m = create_model(preset, img_size=res.size, in_chans=res.channels, device="meta",
+                         bandwidth_ratio=cfg.model.ratio())
+        _MODELS_NOW[key] = {"channel_dim": m.channel_dim, "params": count_parameters(m)}
+    return _MODELS_NOW[key]
+
+
+def stored_models_problem(cfg: RunConfig, folder: Path) -> str | None:
+    """Why the models of the run stored in ``folder`` (its provenance record) are not the
+    ones ``cfg`` builds today (:func:`models_mismatch`); None when they are or nothing is
+    stored yet."""
+    from psfl.models import MODELS
+
+    path = Path(folder) / PROVENANCE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text()).get("models")
+    except (ValueError, OSError):
+        return f"{path} cannot be read"
+    presets = [p for p, m in (stored or {}).items() if isinstance(m, dict) and p in MODELS]
+    return models_mismatch(stored, {p: model_now(cfg, p) for p in presets})
+
+
 RESUMABLE = ("rounds",)  # the only fields --resume may change (extend a run)
 
 
