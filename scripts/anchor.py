@@ -5,12 +5,13 @@ deep-JSCC numbers and the trivial baselines.
 
 Every run is one ``psfl train`` (full training split, the whole test split scored at
 0, 10 and 20 dB) into ``results/anchor/<model>_kn<ratio>_snr<train dB>_<loss>_e<epochs>/``; a run
-whose ``result.json`` exists is skipped, so the grid can be run piecewise and resumed.
+whose ``result.json`` exists is skipped, an interrupted one continues from its last
+finished epoch (``psfl train --resume``), so the grid can be run piecewise.
 ``--table`` (also written after every run) gathers every finished run into
 ``results/anchor/table.md`` and ``table.csv``.
 
     python scripts/anchor.py --data-dir ../shared/data [--models deepjscc cpu-M cpu-CSC]
-        [--ratios 1/6 1/12] [--snrs 0 10 20] [--losses paper mse] [--epochs 30] [--threads 1]
+        [--ratios 1/6 1/12] [--snrs 0 10 20] [--losses paper mse] [--epochs 30] [--lr-schedule cosine] [--threads 1]
     python scripts/anchor.py --table
 """
 from __future__ import annotations
@@ -32,24 +33,25 @@ PUBLISHED = {("DeepJSCC", "1/12", 10): 27.5, ("DeepJSCC", "1/6", 10): 32.0, ("WI
 LOSSES = {"paper": "1.0", "mse": "0.0"}  # --ce-weight
 
 
-def run_name(model: str, ratio: str, snr: float, loss: str, epochs: int) -> str:
-    return f"{model}_kn{ratio.replace('/', '-')}_snr{snr:g}_{loss}_e{epochs}"
+def run_name(model: str, ratio: str, snr: float, loss: str, epochs: int, schedule: str = "constant") -> str:
+    tail = "" if schedule == "constant" else f"_{schedule}"
+    return f"{model}_kn{ratio.replace('/', '-')}_snr{snr:g}_{loss}_e{epochs}{tail}"
 
 
 def run_one(model: str, ratio: str, snr: float, loss: str, a: argparse.Namespace) -> None:
-    out = OUT / run_name(model, ratio, snr, loss, a.epochs)
+    out = OUT / run_name(model, ratio, snr, loss, a.epochs, a.lr_schedule)
     if (out / "result.json").is_file():
         print(f"done already: {out.name}", flush=True)
         return
     cmd = [sys.executable, "-m", "psfl", "train", "--model", model, "--dataset", "cifar10",
            "--data-dir", str(Path(a.data_dir).resolve()), "--bandwidth-ratio", ratio, "--snr", f"{snr:g}",
            "--test-snr", "0", "10", "20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
-           "--lr", str(a.lr), "--ce-weight", LOSSES[loss], "--threads", str(a.threads),
-           "--evaluator-cache-dir", str(EVALUATORS), "--out", str(out), "--no-progress"]
+           "--lr", str(a.lr), "--lr-schedule", a.lr_schedule, "--ce-weight", LOSSES[loss], "--threads", str(a.threads),
+           "--evaluator-cache-dir", str(EVALUATORS), "--out", str(out), "--no-progress", "--resume"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(" ".join(cmd[1:]).replace(str(ROOT) + "/", "") + "\n")
     print(f"start: {out.name}", flush=True)
-    with open(out / "train.log", "w") as log:
+    with open(out / "train.log", "a") as log:  # a resumed run appends
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     print(f"finished: {out.name}", flush=True)
 
@@ -68,6 +70,7 @@ def table() -> Path:
             rows.append({"model": c["model"], "k/n asked": format_ratio(c["bandwidth_ratio"]),
                          "k/n reached": format_ratio(bw.get("bandwidth_ratio", float("nan"))),
                          "train SNR": c["train_snr_db"], "loss": loss, "epochs": c["epochs"],
+                         "lr schedule": c.get("lr_schedule", "constant"),
                          "test SNR": t["snr_db"], "PSNR": round(t["psnr"], 2), "SSIM": round(t["ssim"], 4),
                          "scorer acc": round(t["accuracy"], 4), "loss-clf acc": round(t["loss_clf_accuracy"], 4),
                          "params": r["params"], "samples/s": round(r["train_samples_per_s"], 1),
@@ -82,7 +85,7 @@ def table() -> Path:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    keys = ["model", "k/n reached", "train SNR", "loss", "epochs", "test SNR", "PSNR", "SSIM", "scorer acc",
+    keys = ["model", "k/n reached", "train SNR", "loss", "epochs", "lr schedule", "test SNR", "PSNR", "SSIM", "scorer acc",
             "loss-clf acc", "published PSNR", "class-mean PSNR"]
     lines = ["# CIFAR-10 quality anchor (psfl train, AWGN; whole test split)", "",
              "Made by `python scripts/anchor.py` (each run's `command.txt`). Published: DeepJSCC (Bourtsoulatze "
@@ -107,6 +110,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="only gather the finished runs into the table")
     a = ap.parse_args()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from psfl import data as D
 from psfl.evaluate import create_classifier, fit_classifier, freeze
 from psfl.models import create_model, load_model_checkpoint
 from psfl.models.base import SCOutput
+from psfl.utils.device import seeded
+from psfl.utils.errors import PsflError
 from psfl.central.train import CentralConfig, fit, format_central_table, run_central, sample_snr, task_loss, train_step
 
 
@@ -140,3 +143,86 @@ def test_run_central_end_to_end(tmp_path, monkeypatch):
     assert model.checkpoint_config["dataset"] == "fashion_mnist"
     assert model.checkpoint_config["input_preset"] == "native"
     assert "SNR (dB)" in format_central_table(r)
+
+
+def test_cosine_schedule_sets_each_step_and_ends_near_zero():
+    ev = freeze(create_classifier("cnn", 1, 10, 28))
+    model = create_model("tiny-CSC", img_size=28, in_chans=1)
+    prepared = D.prepare(synthetic_dataset(64, 8), "native")
+    hist = fit(model, ev, prepared, epochs=2, batch_size=16, lr=1e-2, optimizer="adam", seed=0, progress=False,
+               lr_schedule="cosine")
+    # 4 steps per epoch, 8 in all: the last step of epoch 1 is step 3, of epoch 2 step 7
+    assert hist[0]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 3 / 8)))
+    assert hist[1]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    flat = fit(model, ev, prepared, epochs=1, batch_size=16, lr=1e-2, optimizer="adam", seed=0, progress=False)
+    assert flat[0]["lr"] == 1e-2
+    with pytest.raises(PsflError, match="lr schedule"):
+        fit(model, ev, prepared, epochs=1, lr_schedule="step", progress=False)
+
+
+def test_interrupted_fit_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A run killed mid-epoch continues from its last finished epoch and ends where an
+    uninterrupted one ends (optimiser moments, shuffling and channel noise included)."""
+    import psfl.central.train as T
+
+    ev = freeze(create_classifier("cnn", 1, 10, 28))
+    prepared = D.prepare(synthetic_dataset(64, 8), "native")
+    kw = dict(epochs=3, batch_size=16, lr=3e-3, optimizer="adam", train_snr_db=(0.0, 20.0), seed=2,
+              progress=False, lr_schedule="cosine", state_key="run-a")
+
+    def fresh():
+        with seeded(0):
+            return create_model("tiny-CSC", img_size=28, in_chans=1)
+
+    whole = fresh()
+    h_whole = fit(whole, ev, prepared, state_path=tmp_path / "a.pt", **kw)
+    real_step, calls = T.train_step, {"n": 0}
+
+    def dies_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the second step of the second epoch
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(T, "train_step", dies_in_epoch_2)
+    cut = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        fit(cut, ev, prepared, state_path=tmp_path / "b.pt", **kw)
+    monkeypatch.setattr(T, "train_step", real_step)
+    resumed = fresh()  # a new process would build the model from scratch
+    h_resumed = fit(resumed, ev, prepared, state_path=tmp_path / "b.pt", **kw)
+    assert [h["epoch"] for h in h_resumed] == [0, 1, 2]
+    assert [h["loss"] for h in h_resumed] == pytest.approx([h["loss"] for h in h_whole], rel=1e-5)
+    for (name, p), q in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(q, p, msg=name)
+    with pytest.raises(PsflError, match="another run"):
+        fit(fresh(), ev, prepared, state_path=tmp_path / "b.pt", **{**kw, "state_key": "run-b"})
+
+
+def test_run_central_refuses_an_unfinished_folder_without_resume(tmp_path, monkeypatch):
+    import psfl.central.train as T
+
+    ds = synthetic_dataset(64, 16)
+    monkeypatch.setattr(D, "load_dataset", lambda *a, **k: ds)
+    cfg = CentralConfig(model="tiny-CSC", epochs=2, batch_size=16, evaluator_epochs=1, test_snr_db=(10.0,),
+                        evaluator_cache_dir=str(tmp_path / "cache"), lr_schedule="cosine")
+    real_step, calls = T.train_step, {"n": 0}
+
+    def dies_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(T, "train_step", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_central(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(T, "train_step", real_step)
+    assert (tmp_path / "run" / T.STATE_FILE).is_file()
+    with pytest.raises(PsflError, match="--resume"):
+        run_central(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(PsflError, match="another run"):  # other training settings
+        run_central(replace(cfg, lr=0.5), tmp_path / "run", progress=False, resume=True)
+    r = run_central(replace(cfg, test_snr_db=(0.0, 20.0)), tmp_path / "run", progress=False, resume=True)
+    assert [h["epoch"] for h in r.history] == [0, 1] and len(r.table) == 2
+    assert not (tmp_path / "run" / T.STATE_FILE).exists()

@@ -9,10 +9,11 @@ from CPU generators (:mod:`psfl.utils.device`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -48,26 +49,53 @@ def train_step(model: nn.Module, evaluator: nn.Module, x: Tensor, y: Tensor, snr
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
+def _constant_lr(step: int, total: int, base: float) -> float:
+    return base
+
+
+def _cosine_lr(step: int, total: int, base: float) -> float:
+    from psfl.central.pretrain import cosine_lr
+
+    return cosine_lr(step, total, base, warmup=0)
+
+
+# the learning rate of step ``step`` of ``total`` for a base rate: constant, or a half-cosine
+# decay from the base rate to 0 at the last step (no warm-up)
+LR_SCHEDULES: dict[str, Callable[[int, int, float], float]] = {"constant": _constant_lr, "cosine": _cosine_lr}
+STATE_VERSION = 1
+
+
 def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, batch_size: int = 64,
         lr: float = 1e-3, optimizer: str = "adamw", train_snr_db: float | tuple[float, float] = 10.0,
         channel: Channel | None = None, seed: int = 0, weight_decay: float = 0.0, momentum: float = 0.9,
         max_samples: int | None = None, progress: bool = True, mse_scale: float = 1.0,
-        ce_weight: float = 1.0) -> list[dict[str, float]]:
+        ce_weight: float = 1.0, lr_schedule: str = "constant", state_path: str | Path | None = None,
+        state_key: str = "") -> list[dict[str, float]]:
     """Train ``model`` centrally on ``prepared.x_train`` (a ``psfl.data.PreparedData``).
 
     ``optimizer``: a name in ``psfl.training.optim.OPTIMIZERS`` (sgd / adam / adamw).
+    ``lr_schedule``: a name in :data:`LR_SCHEDULES`, over all ``epochs`` (set per step).
     ``channel``: replaces the model's channel for training (None: keep it).
     ``max_samples``: train on a seeded random subset of that many samples.
+    ``state_path``: after every epoch the whole training state (model, optimiser,
+    generator, history) is written there atomically; if the file exists, training
+    continues after its last epoch, so an interrupted run ends with the same weights as
+    one that never stopped. ``state_key`` names the run it belongs to (a state of
+    another key is refused).
     Runs on the model's device (``evaluator`` must be there too); the data may stay on the
     CPU, each batch is moved. Shuffling and SNR draws come from a CPU generator seeded
     with ``seed``, so they are the same on every device.
-    Returns one dict per epoch: loss, ce, mse (sample means), seconds, samples_per_s.
+    Returns one dict per epoch: loss, ce, mse (sample means), lr (of its last step),
+    seconds, samples_per_s.
     """
     from tqdm.auto import tqdm
 
     from psfl.data import iterate_batches
     from psfl.training.optim import make_optimizer
 
+    if lr_schedule not in LR_SCHEDULES:
+        raise PsflError(f"unknown lr schedule {lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
+    schedule = LR_SCHEDULES[lr_schedule]
     g = torch.Generator().manual_seed(seed)
     dev = module_device(model)
     x, y = prepared.x_train, prepared.y_train
@@ -76,17 +104,32 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
         x, y = x[idx], y[idx]
     opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, momentum, weight_decay)
     steps_per_epoch = -(-x.shape[0] // batch_size)
+    total = epochs * steps_per_epoch
     history: list[dict[str, float]] = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc="train", disable=not progress, leave=False)
+    if state_path is not None and Path(state_path).is_file():
+        history = _load_state(Path(state_path), state_key, model, opt, g)
+        if len(history) > epochs:
+            raise PsflError(f"{state_path}: {len(history)} epochs done, more than the {epochs} asked for")
+    bar = tqdm(total=total, initial=len(history) * steps_per_epoch, desc="train", disable=not progress, leave=False)
     model.train()
     with using_channel(model, channel):
-        for epoch in range(epochs):
+        for epoch in range(len(history), epochs):
             sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
             seen, t0 = 0, time.perf_counter()
-            for xb, yb in iterate_batches(x, y, batch_size, g, shuffle=True):
+            step_lr = lr
+            for i, (xb, yb) in enumerate(iterate_batches(x, y, batch_size, g, shuffle=True)):
+                step_lr = schedule(epoch * steps_per_epoch + i, total, lr)
+                for group in opt.param_groups:
+                    group["lr"] = step_lr
                 xb, yb = to_device(xb, dev), to_device(yb, dev)
                 terms = train_step(model, evaluator, xb, yb, sample_snr(train_snr_db, xb.shape[0], g), opt, g,
                                    mse_scale, ce_weight)
+                if not math.isfinite(terms["loss"]):
+                    raise PsflError(f"diverged in epoch {epoch + 1}, step {i + 1}: the training loss is "
+                                    f"{terms['loss']}; the {epoch} completed epoch(s) are kept in the training "
+                                    "state (lower --lr)" if state_path is not None else
+                                    f"diverged in epoch {epoch + 1}, step {i + 1}: the training loss is "
+                                    f"{terms['loss']} (lower --lr)")
                 for k in sums:
                     sums[k] += terms[k] * xb.shape[0]
                 seen += xb.shape[0]
@@ -94,10 +137,37 @@ def fit(model: nn.Module, evaluator: nn.Module, prepared: Any, epochs: int = 3, 
                 bar.set_postfix(epoch=epoch, loss=f"{terms['loss']:.3f}",
                                 sps=f"{seen / (time.perf_counter() - t0):.0f}")
             dt = time.perf_counter() - t0
-            history.append({"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "seconds": dt,
-                            "samples_per_s": seen / dt})
+            history.append({"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "lr": step_lr,
+                            "seconds": dt, "samples_per_s": seen / dt})
+            if state_path is not None:
+                _save_state(Path(state_path), state_key, model, opt, g, history)
     bar.close()
     return history
+
+
+def _save_state(path: Path, key: str, model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+                history: list[dict[str, float]]) -> None:
+    from psfl.utils.fileio import atomic_path
+
+    state = {"version": STATE_VERSION, "key": key, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "generator": g.get_state(), "history": history}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path, key: str, model: nn.Module, opt: torch.optim.Optimizer,
+                g: torch.Generator) -> list[dict[str, float]]:
+    try:
+        state = torch.load(path, map_location=module_device(model), weights_only=True)
+    except Exception as e:  # noqa: BLE001  (a truncated or foreign file)
+        raise PsflError(f"{path}: not a psfl train state ({type(e).__name__}: {e}); move it away") from None
+    if state.get("version") != STATE_VERSION or state.get("key") != key:
+        raise PsflError(f"{path} is the training state of another run (or version); move it away to start "
+                        "this one")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    g.set_state(state["generator"].cpu())
+    return list(state["history"])
 
 
 # ----------------------------------------------------------------------------- one central run
@@ -113,6 +183,7 @@ class CentralConfig:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # a name in LR_SCHEDULES (over all epochs)
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     train_snr_db: float | tuple[float, float] = 10.0
@@ -156,20 +227,41 @@ def _test_subset(prepared: Any, k: int, seed: int) -> tuple[Tensor, Tensor]:
     return prepared.x_test[idx], prepared.y_test[idx]
 
 
-def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) -> CentralResult:
+STATE_FILE = "train_state.pt"  # the training state of an unfinished run (fit's state_path)
+# fields that do not change the trained weights: a run may be resumed with other values
+NOT_TRAINING = ("test_snr_db", "eval_samples", "device", "data_dir", "evaluator_cache_dir", "score_arch",
+                "score_epochs", "score_seed")
+
+
+def training_key(cfg: CentralConfig) -> str:
+    """What an unfinished run's training state belongs to: every field of ``cfg`` that
+    changes the trained weights (all but :data:`NOT_TRAINING`), as sorted JSON."""
+    return json.dumps({k: v for k, v in asdict(cfg).items() if k not in NOT_TRAINING}, sort_keys=True, default=str)
+
+
+def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True, resume: bool = False) -> CentralResult:
     """Load data and evaluator, train ``cfg.model`` with :func:`fit`, save ``model.pt``
     (``psfl.models.save_model_checkpoint``), score at each test SNR, and write
     ``history.json``, ``eval.csv`` and ``result.json`` into ``out_dir``. Model, evaluator,
     batches, channel noise and metrics live on ``cfg.device``; the checkpoint is saved
-    from CPU copies."""
+    from CPU copies. While it trains, ``out_dir/train_state.pt`` holds the state after the
+    last finished epoch; a folder with one is refused unless ``resume`` (then training
+    continues from it, if it was made with the same training settings) and the file is
+    removed when training ends."""
     from psfl import data as D
     from psfl.evaluate import classifier_accuracy, evaluate_reconstruction, load_evaluator
     from psfl.models import MODELS, count_parameters, create_model, save_model_checkpoint
 
     if cfg.epochs < 1:
         raise PsflError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise PsflError(f"unknown lr schedule {cfg.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
     dev = resolve_device(cfg.device)
     out = Path(out_dir)
+    state = out / STATE_FILE
+    if state.is_file() and not resume:
+        raise PsflError(f"{out} holds an unfinished training run ({STATE_FILE}); --resume continues it, or move "
+                        "it away")
     out.mkdir(parents=True, exist_ok=True)
     try:
         preset = MODELS.get(cfg.model)
@@ -193,7 +285,8 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     model.to(dev, memory_format=model.memory_format)
     history = fit(model, evaluator, prepared, cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer,
                   cfg.train_snr_db, seed=cfg.seed, weight_decay=cfg.weight_decay,
-                  max_samples=cfg.max_samples, progress=progress, mse_scale=mse_scale, ce_weight=cfg.ce_weight)
+                  max_samples=cfg.max_samples, progress=progress, mse_scale=mse_scale, ce_weight=cfg.ce_weight,
+                  lr_schedule=cfg.lr_schedule, state_path=state, state_key=training_key(cfg))
     seconds = sum(h["seconds"] for h in history)
     seen = sum(h["samples_per_s"] * h["seconds"] for h in history)
     x_test, y_test = _test_subset(prepared, cfg.eval_samples, cfg.seed)
@@ -215,6 +308,7 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True) 
     result = CentralResult(history, table, clean, seen / seconds, ckpt, count_parameters(model), baselines,
                            device_info(dev), bandwidth)
     _write_outputs(result, config, out)
+    state.unlink(missing_ok=True)  # the run is finished: model.pt and result.json hold it
     return result
 
 

@@ -32,6 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="constant", help="constant | cosine (half-cosine decay to 0 over all "
+                   "epochs, set per step)")
     p.add_argument("--optimizer", default="adamw", help="sgd | adam | adamw")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--snr", type=_snr_range, default=10.0, metavar="DB|LO:HI",
@@ -55,6 +57,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mse-space", default="standardized", choices=("standardized", "unit"),
                    help="MSE of z-scored pixels (default) or of [0, 1] pixels")
     p.add_argument("--out", required=True, help="output folder (model.pt, eval.csv, history.json, result.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its last finished epoch (same training settings)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -70,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise PsflError(f"--max-samples must be >= 1, got {args.max_samples}")
     cfg = CentralConfig(
         model=args.model, dataset=args.dataset,
-        bandwidth_ratio=parse_ratio(args.bandwidth_ratio, "--bandwidth-ratio") if args.bandwidth_ratio else None, source=args.source, data_dir=args.data_dir, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        bandwidth_ratio=parse_ratio(args.bandwidth_ratio, "--bandwidth-ratio") if args.bandwidth_ratio else None,
+        source=args.source, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, lr_schedule=args.lr_schedule, optimizer=args.optimizer, weight_decay=args.weight_decay,
         train_snr_db=args.snr, channel=args.channel, test_snr_db=tuple(args.test_snr),
         eval_samples=args.eval_samples, max_samples=args.max_samples, seed=args.seed,
         evaluator_arch=args.evaluator_arch, evaluator_epochs=args.evaluator_epochs,
@@ -79,5 +84,5 @@ def run(args: argparse.Namespace) -> int:
         score_arch=args.score_arch, mse_weight=args.mse_weight, mse_space=args.mse_space, ce_weight=args.ce_weight,
         device=args.device,
     )
-    print(format_central_table(run_central(cfg, args.out, progress=not args.no_progress)))
+    print(format_central_table(run_central(cfg, args.out, progress=not args.no_progress, resume=args.resume)))
     return 0
