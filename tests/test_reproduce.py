@@ -289,3 +289,31 @@ def test_an_unfinished_run_without_a_checkpoint_is_refused_before_any_work(exp_d
     captured = capsys.readouterr()
     assert "holds 1 of 2 rounds but no checkpoint" in captured.err and " start " not in captured.out
     assert len(read_records(folder / "metrics.jsonl")) == 1
+
+
+def test_a_scale_cut_leaves_out_runs_only_the_cut_datasets_need(exp_dir, tmp_path, capsys):
+    data = synthetic_cifar100(tmp_path)
+    (exp_dir / "scale-cut.toml").write_text('extends = "tiny"\n[experiments.fig7]\ndatasets = ["fashion_mnist"]\n')
+    (exp_dir / "scale-cutcut.toml").write_text('extends = "cut"\n')
+    assert load_scale("cutcut", exp_dir).cuts == {"fig7": ["fashion_mnist"]}  # inherited
+    argv = ["reproduce", "fig4", "fig7", "--experiments", str(exp_dir), "--seeds", "0,1", "--data-dir", str(data),
+            "--datasets", "cifar100", "--out", str(tmp_path / "o"), "--dry-run"]
+
+    def planned(scale: str, *more: str) -> set[str]:
+        assert main(argv + ["--scale", scale, *more]) == 0
+        return {line.split()[1] for line in capsys.readouterr().out.splitlines() if "  -> " in line}
+
+    every = planned("tiny")
+    # fig7's r = 0.3 / 0.6 runs are cut on cifar100; its r = 0.9 run is fig4's too, so it stays
+    assert every == {f"cifar100/{n}/seed{s}" for n in ("psfl", "psfl+data.alpha=0.3", "psfl+data.alpha=0.6")
+                     for s in (0, 1)}
+    assert planned("cut") == {"cifar100/psfl/seed0", "cifar100/psfl/seed1"}
+    assert planned("cut", "--full") == every
+    assert main(argv + ["--scale", "cut"]) == 0
+    assert "cuts fig7 on cifar100" in capsys.readouterr().out
+    for body, why in [('[experiments.fig77]\ndatasets = ["mnist"]\n', "no such experiment"),
+                      ('[experiments.fig12]\ndatasets = ["mnist"]\n', "'mnist' is not a dataset of fig12"),
+                      ('[experiments.fig7]\nsets = ["mnist"]\n', "takes only datasets")]:
+        (exp_dir / "scale-bad.toml").write_text('extends = "tiny"\n' + body)
+        with pytest.raises(PsflError, match=why):
+            load_scale("bad", exp_dir)

@@ -36,6 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "times of runs of the same cost at --jobs); run nothing")
     p.add_argument("--timings", action="append", default=[], metavar="DIR",
                    help="--dry-run: also take round times from the run folders under DIR (e.g. another scale's)")
+    p.add_argument("--full", action="store_true",
+                   help="ignore the scale's budget cuts ([experiments.<fig>] datasets): run every experiment "
+                        "on every dataset it names")
     p.add_argument("--figures-only", action="store_true", help="draw from the finished runs; run nothing")
     p.add_argument("--no-figures", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     p.add_argument("--no-progress", action="store_true")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     dry_run=args.dry_run, worker_argv=worker, jobs=args.jobs,
                     root=Path(args.experiments) if args.experiments else EXPERIMENTS_DIR,
                     evaluators=Path(args.evaluators) if args.evaluators else out / "evaluators",
-                    timings=[Path(d) for d in args.timings])
+                    timings=[Path(d) for d in args.timings], full=args.full)
     if args.dry_run:
         done = sum(1 for r in res.runs if (r.path / "metrics.jsonl").exists())
         print(f"{len(res.runs)} runs ({done} started or finished)")

@@ -7,7 +7,9 @@ An *experiment* (``experiments/reproduce/<name>.toml``) names a figure kind
 (``[datasets.<name>] set = [...]``); it may extend another scale (``extends = "cpu"``) and
 take each method's settings from ``psfl tune`` (``tuned = "<choices.json>"``, with
 ``[tuned_as]`` naming whose choice a method takes, e.g. an ablation its full method's):
-the tuned settings belong to the scale, so they do not name the run folders.
+the tuned settings belong to the scale, so they do not name the run folders. A scale
+may cut its budget (``[experiments.<name>] datasets = [...]``: run that experiment on these
+datasets only); ``--full`` ignores the cuts, and figures and claims draw every finished run.
 
 Every (dataset, series, seed) is one federated run, stored once under
 ``RUNS/<scale>/<dataset>/<run name>/seed<k>/`` where the run name is the method plus the
@@ -68,6 +70,14 @@ class Scale:
     source: str = ""
     tuned: dict[str, list[str]] = field(default_factory=dict)  # method -> its tuned overrides
     tuned_source: str = ""  # the choices.json they came from
+    cuts: dict[str, list[str]] = field(default_factory=dict)  # experiment -> the datasets run at this scale
+
+    def cut(self, exp: Experiment) -> Experiment:
+        """``exp`` on the datasets this scale runs it on (``[experiments.<name>] datasets``:
+        a budget cut; figures and claims still draw every finished run)."""
+        if exp.name not in self.cuts:
+            return exp
+        return replace(exp, datasets=[d for d in exp.datasets if d in self.cuts[exp.name]])
 
     def method_sets(self, method: str) -> list[str]:
         """The overrides every run of ``method`` gets at this scale (its tuned choice)."""
@@ -159,23 +169,36 @@ def load_scale(name: str, root: Path = EXPERIMENTS_DIR) -> Scale:
         known = sorted(p.stem.removeprefix("scale-") for p in Path(root).glob("scale-*.toml"))
         raise PsflError(f"unknown scale {name!r}; known: {', '.join(known)}")
     t = _read_toml(path)
-    keys = ("config", "datasets", "extends", "tuned", "tuned_as")
+    keys = ("config", "datasets", "experiments", "extends", "tuned", "tuned_as")
     unknown = sorted(set(t) - set(keys))
     if unknown:
         raise PsflError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(keys)}")
     config: dict[str, Any] = {}
     per: dict[str, list[str]] = {}
-    if "extends" in t:  # another scale's config and per-dataset overrides, then this file's
+    cuts: dict[str, list[str]] = {}
+    if "extends" in t:  # another scale's config, per-dataset overrides and cuts, then this file's
         if t["extends"] == name or not isinstance(t["extends"], str):
             raise PsflError(f"{path}: extends must name another scale")
         parent = load_scale(t["extends"], root)
-        config, per = copy.deepcopy(parent.config), copy.deepcopy(parent.datasets)
+        config, per, cuts = copy.deepcopy(parent.config), copy.deepcopy(parent.datasets), copy.deepcopy(parent.cuts)
     _merge(config, t.get("config", {}))
     for ds, sub in t.get("datasets", {}).items():
         if set(sub) - {"set"}:
             raise PsflError(f"{path}: [datasets.{ds}] takes only set = [...]")
         per[ds] = per.get(ds, []) + list(sub.get("set", []))
-    scale = Scale(name, config, per, str(path))
+    for exp_name, sub in t.get("experiments", {}).items():
+        if not isinstance(sub, dict) or set(sub) != {"datasets"} or not isinstance(sub["datasets"], list):
+            raise PsflError(f"{path}: [experiments.{exp_name}] takes only datasets = [...]")
+        if not (Path(root) / f"{exp_name}.toml").is_file() or exp_name.startswith("scale-"):
+            raise PsflError(f"{path}: [experiments.{exp_name}]: no such experiment; known: "
+                            f"{', '.join(experiment_names(root))}")
+        named = load_experiment(exp_name, root).datasets
+        bad = [d for d in sub["datasets"] if d not in named]
+        if bad:
+            raise PsflError(f"{path}: [experiments.{exp_name}] datasets: {bad[0]!r} is not a dataset of "
+                            f"{exp_name} ({', '.join(named)})")
+        cuts[exp_name] = list(sub["datasets"])
+    scale = Scale(name, config, per, str(path), cuts=cuts)
     if "tuned" in t:
         scale.tuned, scale.tuned_source = _tuned_choices(path, t["tuned"], t.get("tuned_as", {})), str(t["tuned"])
     elif "tuned_as" in t:
@@ -374,7 +397,7 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
               datasets: Sequence[str] | None = None, extra: Sequence[str] = (), device: Any = "cpu",
               progress: bool = True, run: bool = True, figures: bool = True, dry_run: bool = False,
               worker_argv: Sequence[str] | None = None, jobs: int = 1, root: Path = EXPERIMENTS_DIR,
-              evaluators: Path | None = None, timings: Sequence[Path] = (),
+              evaluators: Path | None = None, timings: Sequence[Path] = (), full: bool = False,
               log: Callable[[str], None] = print) -> Outcome:
     """Plan, run (resumably) and draw the experiments ``names`` (``["all"]``: every one).
 
@@ -389,7 +412,9 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     are copied there afterwards, so that every machine (and every later seed) trains
     against and scores with the same ones. ``dry_run`` lists the runs and what they cost
     (:mod:`psfl.experiments.budget`: recorded round times, and for the rest those of runs of
-    the same cost, also from the run folders under ``timings``) at ``jobs`` workers."""
+    the same cost, also from the run folders under ``timings``) at ``jobs`` workers.
+    The scale's cuts (:meth:`Scale.cut`) leave out the runs that only the cut datasets of
+    an experiment need, unless ``full``; the figures and claims still draw every finished run."""
     import subprocess
 
     from psfl.utils.errors import DivergenceError
@@ -416,6 +441,17 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     available = [d for d in asked if d not in skipped]  # runs: the asked-for ones
     every_run = plan(exps, scale, seeds, runs_root, drawn, extra)
     runs = [r for r in every_run if r.dataset in available]
+    if scale.cuts and not full:
+        kept = {r.key for r in plan([scale.cut(e) for e in exps], scale, seeds, runs_root, drawn, extra)}
+        cut = [r for r in runs if r.key not in kept]
+        for exp in exps:
+            gone = [d for d in exp.datasets if d in available and d not in scale.cut(exp).datasets]
+            if gone:
+                log(f"psfl reproduce: scale {scale.name} cuts {exp.name} on {', '.join(gone)} "
+                    f"({scale.source}; --full runs them)")
+        if cut:
+            log(f"psfl reproduce: {len(cut)} run(s) left out by the cuts")
+        runs = [r for r in runs if r.key in kept]
     if dry_run:
         from psfl.experiments.budget import budget_lines, project
 
@@ -609,6 +645,12 @@ def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available:
         methods = sorted({r.cfg.method for r in runs})
         tuned = (f"Each method's settings were tuned on validation data ({scale.tuned_source}): "
                  + "; ".join(f"{m}: {' '.join(scale.method_sets(m)) or 'defaults'}" for m in methods) + ".\n\n")
+    if scale.cuts:
+        by_exp = {e.name: e for e in exps}
+        tuned += ("Budget cut at this scale (`psfl reproduce --full` runs the rest): "
+                  + "; ".join(f"{n} runs on {', '.join(d) or 'no dataset'} (not "
+                              f"{', '.join(x for x in by_exp[n].datasets if x not in d)})"
+                              for n, d in scale.cuts.items() if n in by_exp) + ".\n\n")
     path.write_text(f"# psfl reproduce: state and claims (scale {scale.name}, seeds "
                     f"{','.join(map(str, seeds))})\n\n" + tuned + "\n".join(lines) + "\n\n## Claims\n\n"
                     + claims_markdown(inputs) + "\n")
