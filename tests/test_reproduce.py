@@ -295,7 +295,7 @@ def test_a_scale_cut_leaves_out_runs_only_the_cut_datasets_need(exp_dir, tmp_pat
     data = synthetic_cifar100(tmp_path)
     (exp_dir / "scale-cut.toml").write_text('extends = "tiny"\n[experiments.fig7]\ndatasets = ["fashion_mnist"]\n')
     (exp_dir / "scale-cutcut.toml").write_text('extends = "cut"\n')
-    assert load_scale("cutcut", exp_dir).cuts == {"fig7": ["fashion_mnist"]}  # inherited
+    assert load_scale("cutcut", exp_dir).cuts == {"fig7": {"datasets": ["fashion_mnist"]}}  # inherited
     argv = ["reproduce", "fig4", "fig7", "--experiments", str(exp_dir), "--seeds", "0,1", "--data-dir", str(data),
             "--datasets", "cifar100", "--out", str(tmp_path / "o"), "--dry-run"]
 
@@ -310,9 +310,12 @@ def test_a_scale_cut_leaves_out_runs_only_the_cut_datasets_need(exp_dir, tmp_pat
     assert planned("cut") == {"cifar100/psfl/seed0", "cifar100/psfl/seed1"}
     assert planned("cut", "--full") == every
     assert main(argv + ["--scale", "cut"]) == 0
-    assert "cuts fig7 on cifar100" in capsys.readouterr().out
+    assert "cuts fig7: not on mnist, cifar10, cifar100" in capsys.readouterr().out
+    (exp_dir / "scale-drop.toml").write_text('extends = "tiny"\n[experiments.fig7]\ndrop = ["r = 0.3"]\n')
+    assert planned("drop") == every - {"cifar100/psfl+data.alpha=0.3/seed0", "cifar100/psfl+data.alpha=0.3/seed1"}
     for body, why in [('[experiments.fig77]\ndatasets = ["mnist"]\n', "no such experiment"),
                       ('[experiments.fig12]\ndatasets = ["mnist"]\n', "'mnist' is not a dataset of fig12"),
+                      ('[experiments.fig7]\ndrop = ["r = 0.4"]\n', "'r = 0.4' is not a series of fig7"),
                       ('[experiments.fig7]\nsets = ["mnist"]\n', "takes only datasets")]:
         (exp_dir / "scale-bad.toml").write_text('extends = "tiny"\n' + body)
         with pytest.raises(PsflError, match=why):

@@ -9,7 +9,7 @@ take each method's settings from ``psfl tune`` (``tuned = "<choices.json>"``, wi
 ``[tuned_as]`` naming whose choice a method takes, e.g. an ablation its full method's):
 the tuned settings belong to the scale, so they do not name the run folders. A scale
 may cut its budget (``[experiments.<name>] datasets = [...]``: run that experiment on these
-datasets only); ``--full`` ignores the cuts, and figures and claims draw every finished run.
+datasets only; ``drop = ["<series label>", ...]``: without these series); ``--full`` ignores the cuts, and figures and claims draw every finished run.
 
 Every (dataset, series, seed) is one federated run, stored once under
 ``RUNS/<scale>/<dataset>/<run name>/seed<k>/`` where the run name is the method plus the
@@ -70,14 +70,17 @@ class Scale:
     source: str = ""
     tuned: dict[str, list[str]] = field(default_factory=dict)  # method -> its tuned overrides
     tuned_source: str = ""  # the choices.json they came from
-    cuts: dict[str, list[str]] = field(default_factory=dict)  # experiment -> the datasets run at this scale
+    cuts: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # experiment -> {datasets, drop}
 
     def cut(self, exp: Experiment) -> Experiment:
-        """``exp`` on the datasets this scale runs it on (``[experiments.<name>] datasets``:
-        a budget cut; figures and claims still draw every finished run)."""
-        if exp.name not in self.cuts:
+        """``exp`` as this scale runs it (``[experiments.<name>]``: ``datasets``, the ones it
+        runs on; ``drop``, series labels it leaves out): a budget cut; figures and claims
+        still draw every finished run."""
+        c = self.cuts.get(exp.name)
+        if not c:
             return exp
-        return replace(exp, datasets=[d for d in exp.datasets if d in self.cuts[exp.name]])
+        return replace(exp, datasets=[d for d in exp.datasets if d in c.get("datasets", exp.datasets)],
+                       series=[s for s in exp.series if s.label not in c.get("drop", [])])
 
     def method_sets(self, method: str) -> list[str]:
         """The overrides every run of ``method`` gets at this scale (its tuned choice)."""
@@ -175,7 +178,7 @@ def load_scale(name: str, root: Path = EXPERIMENTS_DIR) -> Scale:
         raise PsflError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(keys)}")
     config: dict[str, Any] = {}
     per: dict[str, list[str]] = {}
-    cuts: dict[str, list[str]] = {}
+    cuts: dict[str, dict[str, list[str]]] = {}
     if "extends" in t:  # another scale's config, per-dataset overrides and cuts, then this file's
         if t["extends"] == name or not isinstance(t["extends"], str):
             raise PsflError(f"{path}: extends must name another scale")
@@ -187,23 +190,41 @@ def load_scale(name: str, root: Path = EXPERIMENTS_DIR) -> Scale:
             raise PsflError(f"{path}: [datasets.{ds}] takes only set = [...]")
         per[ds] = per.get(ds, []) + list(sub.get("set", []))
     for exp_name, sub in t.get("experiments", {}).items():
-        if not isinstance(sub, dict) or set(sub) != {"datasets"} or not isinstance(sub["datasets"], list):
-            raise PsflError(f"{path}: [experiments.{exp_name}] takes only datasets = [...]")
+        if (not isinstance(sub, dict) or not sub or set(sub) - {"datasets", "drop"}
+                or not all(isinstance(v, list) for v in sub.values())):
+            raise PsflError(f"{path}: [experiments.{exp_name}] takes only datasets = [...] and drop = [...]")
         if not (Path(root) / f"{exp_name}.toml").is_file() or exp_name.startswith("scale-"):
             raise PsflError(f"{path}: [experiments.{exp_name}]: no such experiment; known: "
                             f"{', '.join(experiment_names(root))}")
-        named = load_experiment(exp_name, root).datasets
-        bad = [d for d in sub["datasets"] if d not in named]
+        exp = load_experiment(exp_name, root)
+        bad = [d for d in sub.get("datasets", []) if d not in exp.datasets]
         if bad:
             raise PsflError(f"{path}: [experiments.{exp_name}] datasets: {bad[0]!r} is not a dataset of "
-                            f"{exp_name} ({', '.join(named)})")
-        cuts[exp_name] = list(sub["datasets"])
+                            f"{exp_name} ({', '.join(exp.datasets)})")
+        labels = [x.label for x in exp.series]
+        bad = [d for d in sub.get("drop", []) if d not in labels]
+        if bad:
+            raise PsflError(f"{path}: [experiments.{exp_name}] drop: {bad[0]!r} is not a series of "
+                            f"{exp_name} ({', '.join(labels)})")
+        cuts[exp_name] = {k: list(v) for k, v in sub.items()}
     scale = Scale(name, config, per, str(path), cuts=cuts)
     if "tuned" in t:
         scale.tuned, scale.tuned_source = _tuned_choices(path, t["tuned"], t.get("tuned_as", {})), str(t["tuned"])
     elif "tuned_as" in t:
         raise PsflError(f"{path}: tuned_as needs tuned = \"<choices.json>\"")
     return scale
+
+
+def cut_text(exp: Experiment, kept: Experiment) -> str:
+    """What a cut leaves out of ``exp`` (``kept``: :meth:`Scale.cut` of it), in words."""
+    parts = []
+    gone = [d for d in exp.datasets if d not in kept.datasets]
+    if gone:
+        parts.append(f"not on {', '.join(gone)}")
+    dropped = [s.label for s in exp.series if s not in kept.series]
+    if dropped:
+        parts.append(f"without {', '.join(dropped)}")
+    return "; ".join(parts) or "nothing left out"
 
 
 def _merge(into: dict[str, Any], table: dict[str, Any]) -> None:
@@ -445,9 +466,8 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
         kept = {r.key for r in plan([scale.cut(e) for e in exps], scale, seeds, runs_root, drawn, extra)}
         cut = [r for r in runs if r.key not in kept]
         for exp in exps:
-            gone = [d for d in exp.datasets if d in available and d not in scale.cut(exp).datasets]
-            if gone:
-                log(f"psfl reproduce: scale {scale.name} cuts {exp.name} on {', '.join(gone)} "
+            if exp.name in scale.cuts:
+                log(f"psfl reproduce: scale {scale.name} cuts {exp.name}: {cut_text(exp, scale.cut(exp))} "
                     f"({scale.source}; --full runs them)")
         if cut:
             log(f"psfl reproduce: {len(cut)} run(s) left out by the cuts")
@@ -648,9 +668,8 @@ def write_claims(scale: Scale, seeds: Sequence[int], runs_root: Path, available:
     if scale.cuts:
         by_exp = {e.name: e for e in exps}
         tuned += ("Budget cut at this scale (`psfl reproduce --full` runs the rest): "
-                  + "; ".join(f"{n} runs on {', '.join(d) or 'no dataset'} (not "
-                              f"{', '.join(x for x in by_exp[n].datasets if x not in d)})"
-                              for n, d in scale.cuts.items() if n in by_exp) + ".\n\n")
+                  + "; ".join(f"{n}: {cut_text(by_exp[n], scale.cut(by_exp[n]))}"
+                              for n in scale.cuts if n in by_exp) + ".\n\n")
     path.write_text(f"# psfl reproduce: state and claims (scale {scale.name}, seeds "
                     f"{','.join(map(str, seeds))})\n\n" + tuned + "\n".join(lines) + "\n\n## Claims\n\n"
                     + claims_markdown(inputs) + "\n")
