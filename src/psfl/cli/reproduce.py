@@ -37,8 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timings", action="append", default=[], metavar="DIR",
                    help="--dry-run: also take round times from the run folders under DIR (e.g. another scale's)")
     p.add_argument("--full", action="store_true",
-                   help="ignore the scale's budget cuts ([experiments.<fig>] datasets): run every experiment "
-                        "on every dataset it names")
+                   help="ignore the scale's budget cuts ([experiments.<fig>] datasets / drop): run every "
+                        "experiment's every series on every dataset it names")
     p.add_argument("--figures-only", action="store_true", help="draw from the finished runs; run nothing")
     p.add_argument("--no-figures", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     p.add_argument("--no-progress", action="store_true")

@@ -8,8 +8,9 @@ An *experiment* (``experiments/reproduce/<name>.toml``) names a figure kind
 take each method's settings from ``psfl tune`` (``tuned = "<choices.json>"``, with
 ``[tuned_as]`` naming whose choice a method takes, e.g. an ablation its full method's):
 the tuned settings belong to the scale, so they do not name the run folders. A scale
-may cut its budget (``[experiments.<name>] datasets = [...]``: run that experiment on these
-datasets only; ``drop = ["<series label>", ...]``: without these series); ``--full`` ignores the cuts, and figures and claims draw every finished run.
+may cut its budget (``[experiments.<name>]``: ``datasets = [...]``, run that experiment on
+these only; ``drop = ["<series label>", ...]``, without these series); ``--full`` ignores
+the cuts, and figures and claims draw every finished run.
 
 Every (dataset, series, seed) is one federated run, stored once under
 ``RUNS/<scale>/<dataset>/<run name>/seed<k>/`` where the run name is the method plus the
@@ -193,7 +194,7 @@ def load_scale(name: str, root: Path = EXPERIMENTS_DIR) -> Scale:
         if (not isinstance(sub, dict) or not sub or set(sub) - {"datasets", "drop"}
                 or not all(isinstance(v, list) for v in sub.values())):
             raise PsflError(f"{path}: [experiments.{exp_name}] takes only datasets = [...] and drop = [...]")
-        if not (Path(root) / f"{exp_name}.toml").is_file() or exp_name.startswith("scale-"):
+        if exp_name not in experiment_names(root):
             raise PsflError(f"{path}: [experiments.{exp_name}]: no such experiment; known: "
                             f"{', '.join(experiment_names(root))}")
         exp = load_experiment(exp_name, root)
@@ -434,8 +435,8 @@ def reproduce(names: Sequence[str], scale_name: str = "cpu", seeds: Sequence[int
     against and scores with the same ones. ``dry_run`` lists the runs and what they cost
     (:mod:`psfl.experiments.budget`: recorded round times, and for the rest those of runs of
     the same cost, also from the run folders under ``timings``) at ``jobs`` workers.
-    The scale's cuts (:meth:`Scale.cut`) leave out the runs that only the cut datasets of
-    an experiment need, unless ``full``; the figures and claims still draw every finished run."""
+    The scale's cuts (:meth:`Scale.cut`) leave out the runs that only the cut datasets or
+    series need, unless ``full``; the figures and claims still draw every finished run."""
     import subprocess
 
     from psfl.utils.errors import DivergenceError
