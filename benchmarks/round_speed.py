@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def set_path(new: bool) -> None:
     from psfl.models.csc import CSCModel
 
-    CSCModel.memory_format = torch.channels_last if new else torch.contiguous_format
+    CSCModel.nhwc = new
 
 
 def main() -> None:

@@ -316,3 +316,46 @@ def test_gdn_hand_computation_and_inverse():
     assert torch.allclose(g(x), x / ref, atol=1e-9) and torch.allclose(ig(x), x * ref, atol=1e-9)
     g(x).sum().backward()
     assert g.beta.grad is not None and g.gamma.grad is not None and g.gamma.grad.abs().sum() > 0
+
+
+def test_nhwc_only_where_onednn_trains_it_safely():
+    """oneDNN's NHWC backward-data for 1x1 strided convolutions with 2-7 input channels
+    corrupts the heap on AVX2 CPUs (psfl.models.base.nhwc_trains_safely): the tiny CSC
+    (widths 1, 2, 4, 8, downsamples 1->2, 2->4, 4->8) must train NCHW, the cpu CSC and
+    DeepJSCC (no such convolution) NHWC, the ViTs in the default layout."""
+    from psfl.models.base import nhwc_trains_safely
+
+    def conv(cin, k, s):
+        return torch.nn.Conv2d(cin, 16, k, s)
+    assert not nhwc_trains_safely(conv(2, 1, 2)) and not nhwc_trains_safely(conv(7, 1, (1, 2)))
+    assert nhwc_trains_safely(conv(1, 1, 2)) and nhwc_trains_safely(conv(8, 1, 2))
+    assert nhwc_trains_safely(conv(4, 3, 2)) and nhwc_trains_safely(conv(4, 1, 1))
+    fmt = {n: create_model(n, img_size=28, in_chans=1).memory_format
+           for n in ("tiny-CSC", "cpu-CSC", "cpu-M", "deepjscc")}
+    assert fmt == {"tiny-CSC": torch.contiguous_format, "cpu-CSC": torch.channels_last,
+                   "cpu-M": torch.contiguous_format, "deepjscc": torch.channels_last}
+
+
+@pytest.mark.parametrize("size,chans", [(28, 1), (32, 3)])
+def test_csc_trains_the_same_in_nhwc_as_in_nchw(size, chans):
+    """The layout the cpu CSC trains in (NHWC) gives NCHW's reconstruction and gradients:
+    oneDNN's NHWC kernels are a speed choice, not a different model. One step, batch 4.
+    Float32 sums in another order differ by ~1e-6, and where a pre-activation lies within
+    that of 0 its ReLU flips (one element in 32,768 at 32x32: a single weight's gradient
+    moves by ~1 %), so the whole gradient vector is compared in norm: measured 1e-5 to
+    1e-4 apart; 2e-3 still catches a wrong kernel (a corrupted one is off by O(1))."""
+    torch.manual_seed(0)
+    ref = create_model("cpu-CSC", img_size=size, in_chans=chans)
+    x = torch.rand(4, chans, size, size, generator=torch.Generator().manual_seed(1))
+    outs, grads = [], []
+    for fmt in (torch.contiguous_format, ref.memory_format):
+        m = create_model("cpu-CSC", img_size=size, in_chans=chans)
+        m.load_state_dict(ref.state_dict())
+        m.to(memory_format=fmt)
+        out = m(x.contiguous(memory_format=fmt), None)
+        (out.x_hat - x).square().mean().backward()
+        outs.append(out.x_hat.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert ref.memory_format == torch.channels_last
+    assert (outs[1] - outs[0]).abs().max() <= 1e-4 * outs[0].abs().max()
+    assert (grads[1] - grads[0]).norm() <= 2e-3 * grads[0].norm()

@@ -20,6 +20,20 @@ from torch import Tensor, nn
 from psfl.utils.registry import Registry
 
 
+def nhwc_trains_safely(model: nn.Module) -> bool:
+    """False when ``model`` holds a convolution that oneDNN cannot train in NHWC on
+    every CPU: a 1x1 convolution with stride > 1 and 2-7 input channels. Its NHWC
+    backward-data kernel (torch 2.14.1, AVX2 ISA, measured on an AMD EPYC Zen 3) writes
+    out of bounds: glibc aborts ("corrupted double-linked list") or the run segfaults or
+    deadlocks some steps later. Wider inputs (8 and up) and other kernel shapes matched
+    NCHW gradients to 1.3e-6 there. Such models (the ``tiny`` test presets) train NCHW."""
+    for m in model.modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+                and 2 <= m.in_channels <= 7):
+            return False
+    return True
+
+
 @dataclass
 class SCOutput:
     S: Tensor  # semantic encoding, (B, L, D) patch/spatial tokens (no cls token)
@@ -68,9 +82,10 @@ class SCModel(nn.Module):
 
     family: str = ""
     preset: dict | None = None  # set by psfl.models.create_model: name + build arguments
-    # the memory format its weights train fastest in (psfl.methods.base.ModelFactory puts
-    # the pooled models there; states keep their logical layout, every codec reshapes)
-    memory_format: torch.memory_format = torch.contiguous_format
+    # whether its weights train fastest in NHWC (channels_last); ``memory_format`` says
+    # the layout they train in (psfl.methods.base.ModelFactory puts the pooled models
+    # there; states keep their logical layout, every codec reshapes)
+    nhwc: bool = False
     sem_dim: int
     channel_dim: int
     grid: tuple[int, int]
@@ -88,6 +103,12 @@ class SCModel(nn.Module):
     def semantic_decode(self, C: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         """S^-1(., delta) of Eq. 7: C (B, L, D) -> m_hat (B, C_in, H, W)."""
         raise NotImplementedError
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """channels_last where the family trains faster in NHWC (``nhwc``) and
+        :func:`nhwc_trains_safely` holds; the default layout otherwise."""
+        return torch.channels_last if self.nhwc and nhwc_trains_safely(self) else torch.contiguous_format
 
     @property
     def channel_symbols(self) -> int:

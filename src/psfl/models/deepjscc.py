@@ -83,7 +83,7 @@ class DeepJSCCModel(SCModel):
     """The DeepJSCC autoencoder (module docstring); inputs in [0, 1] (input preset native)."""
 
     family = "jscc"
-    memory_format = torch.channels_last
+    nhwc = True
 
     def __init__(self, cfg: DeepJSCCConfig = DeepJSCCConfig(), img_size: int = 32, in_chans: int = 3) -> None:
         super().__init__()
