@@ -3,7 +3,8 @@
 A *path* is a set of the engine's speed options; ``old`` switches every option of this
 benchmark off, ``new`` leaves the engine as it is. Options measured:
 
-  csc_channels_last   CSC models train in NHWC (``CSCModel.memory_format``)
+  csc_channels_last   CSC models train in NHWC (``CSCModel.nhwc``) where oneDNN trains
+                      them safely (``nhwc_trains_safely``: not the cpu CSC)
 
 Each repeat runs one round (the in-process runner, its checkpoint and metrics included)
 of the ``psfl reproduce`` cpu scale for the method and dataset once per path, the paths
@@ -69,6 +70,10 @@ def main() -> None:
                 if rep:
                     times[path].append(dt)
                 accs[path] = res.records[-1]["global"]["accuracy"]
+                if path == "new" and not any(m.memory_format == torch.channels_last for m in env.models._pool.values()):
+                    raise SystemExit("round_speed: no model of this config trains NHWC (a CSC with a 1x1 strided "
+                                     "convolution of < 16 inputs stays NCHW: psfl.models.base.nhwc_trains_safely); "
+                                     "nothing to compare")
     set_path(True)
     med = {p: statistics.median(v) for p, v in times.items()}
     from psfl.utils.device import device_info
