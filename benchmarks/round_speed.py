@@ -72,7 +72,7 @@ def main() -> None:
                 accs[path] = res.records[-1]["global"]["accuracy"]
                 if path == "new" and not any(m.memory_format == torch.channels_last for m in env.models._pool.values()):
                     raise SystemExit("round_speed: no model of this config trains NHWC (a CSC with a 1x1 strided "
-                                     "convolution of < 16 inputs stays NCHW: psfl.models.base.nhwc_trains_safely); "
+                                     "convolution of < 16 inputs stays NCHW: psfl.utils.device.nhwc_trains_safely); "
                                      "nothing to compare")
     set_path(True)
     med = {p: statistics.median(v) for p, v in times.items()}

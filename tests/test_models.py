@@ -321,10 +321,10 @@ def test_gdn_hand_computation_and_inverse():
 def test_nhwc_only_where_onednn_trains_it_safely():
     """oneDNN's NHWC backward for 1x1 strided convolutions with fewer input channels than
     its register block (8 on AVX2, 16 on AVX-512) corrupts the heap
-    (psfl.models.base.nhwc_trains_safely): the tiny CSC (downsamples 1->2, 2->4, 4->8)
+    (psfl.utils.device.nhwc_trains_safely): the tiny CSC (downsamples 1->2, 2->4, 4->8)
     and the cpu CSC (8->16, 16->32, 32->48) train NCHW, the paper CSC (64 and up) and
     DeepJSCC (no such convolution) NHWC, the ViTs in the default layout."""
-    from psfl.models.base import nhwc_trains_safely
+    from psfl.utils.device import nhwc_trains_safely
 
     def conv(cin, k, s):
         return torch.nn.Conv2d(cin, 16, k, s)

@@ -17,23 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from psfl.utils.device import nhwc_trains_safely
 from psfl.utils.registry import Registry
-
-
-def nhwc_trains_safely(model: nn.Module) -> bool:
-    """False when ``model`` holds a convolution that oneDNN cannot train in NHWC on
-    every CPU: a 1x1 convolution with stride > 1 and fewer than 16 input channels.
-    Its NHWC backward-weights kernel (oneDNN's ``jit_1x1``, torch 2.14.1) writes past its
-    workspace when the input channels do not fill one register block (8 on AVX2, 16 on
-    AVX-512; oneDNN issue uxlfoundation/oneDNN#6035): glibc aborts ("corrupted
-    double-linked list"), the run segfaults or deadlocks some steps later, or the
-    gradients are silently wrong. Measured here on an AMD EPYC Zen 3 (AVX2): 2-7 input
-    channels crash, 8 and up match NCHW. The bound is the AVX-512 block, so that one rule
-    holds on every CPU. Such models (the ``tiny`` and ``cpu`` CSC presets) train NCHW."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 16:
-            return False
-    return True
 
 
 @dataclass

@@ -69,7 +69,7 @@ class CSCModel(SCModel):
     # NHWC: oneDNN's narrow convolutions train 13-28 % faster per step than in NCHW on
     # AVX-512 and on AVX2 kernels (benchmarks/kernel_options.py, results/profile/); but
     # the cpu and tiny presets' narrow strided 1x1 downsamples corrupt the heap there,
-    # so they stay NCHW (base.nhwc_trains_safely)
+    # so they stay NCHW (psfl.utils.device.nhwc_trains_safely)
     nhwc = True
 
     def __init__(self, cfg: CSCConfig = CSCConfig(), img_size: int = 224, in_chans: int = 3) -> None:
