@@ -226,3 +226,26 @@ def test_kept_evaluators_seed_a_fresh_cache_and_refuse_other_weights(tmp_path):
         seed_cache(kept, cache_b)
     copied, notes = keep_evaluators({str(cache_b / name): digest}, tmp_path / "kept2")
     assert copied == [] and "other weights" in notes[0] and not (tmp_path / "kept2").exists()
+
+
+def test_pixel_variance_is_the_unbiased_variance_on_any_thread_count():
+    """The scale of ``mse_space = "standardized"`` (every loss's MSE term): the unbiased
+    variance of the [0, 1] pixels (an independent float64 two-pass computation), and the
+    same bits on 1, 2 and 4 torch threads. torch's own ``var`` splits the sum by thread
+    count (three different last bits for this tensor), so a run and its Flower twin on
+    fewer threads reported different losses."""
+    from psfl.evaluate.baselines import pixel_variance
+
+    x = torch.rand(2000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    flat = x.double().flatten().tolist()
+    mean = sum(flat) / len(flat)
+    expected = sum((v - mean) ** 2 for v in flat) / (len(flat) - 1)
+    was, got = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            got.append(pixel_variance(x))
+    finally:
+        torch.set_num_threads(was)
+    assert len(set(got)) == 1, got
+    assert got[0] == pytest.approx(expected, rel=1e-12)

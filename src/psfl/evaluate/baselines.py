@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,5 +60,8 @@ def trivial_baselines(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: 
 
 def pixel_variance(x_train: Tensor, input: Any = None) -> float:
     """Variance of the training set's [0, 1] pixels (all channels pooled): the scale of
-    ``train.mse_space = "standardized"``."""
-    return float(to_unit_range(x_train.float(), input).double().var())
+    ``train.mse_space = "standardized"``. Summed by numpy (pairwise, one thread): torch's
+    reduction splits the sum by thread count, and the last bits of this scale (hence of
+    every loss) would differ between a run and its Flower twin on fewer threads."""
+    pixels = to_unit_range(x_train.float(), input).numpy(force=True).astype(np.float64)
+    return float(pixels.var(ddof=1))
