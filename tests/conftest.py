@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning (read when torch's OpenMP runtime loads,
+# so before `import torch`; subprocesses inherit it). A run with more threads than free
+# cores (the sweep's `threads = 2` beside a busy worker) otherwise spins: measured 40 s
+# against 4.5 s for one tiny round with the other core busy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from filelock import FileLock
 
 

@@ -30,6 +30,19 @@ def _fmnist_dir(tmp: Path) -> Path:
     return tmp
 
 
+def _cache_copy(cache: Path, to: Path) -> Path:
+    """Another evaluator cache holding copies of the session cache's two tiny-run
+    evaluators: a run pointed at it reads them from there (the path in its provenance
+    changes, the weights do not), where an empty one would train both again."""
+    to.mkdir(parents=True, exist_ok=True)
+    for pattern in ("fashion_mnist__native__cnn__e1__s0__*", "fashion_mnist__native__lenet__e1__s1__*"):
+        files = sorted(cache.glob(pattern))
+        assert files, f"the session cache lacks {pattern}"
+        for f in files:
+            shutil.copy(f, to / f.name)
+    return to
+
+
 def _digest(run_dir: Path) -> str:
     """What a run did: its metrics (timing aside) and its provenance (timestamps aside)."""
     recs = strip_timing(read_records(run_dir / "metrics.jsonl"))
@@ -86,9 +99,11 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         "server.secagg_threshold": "0.8",
         "privacy.clip": "0.5", "privacy.noise_multiplier": ("0.5", ["privacy.clip=0.5"]),
         "privacy.delta": ("1e-3", ["privacy.clip=0.5", "privacy.noise_multiplier=0.5"]),
-        "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "3", "evaluator.checkpoint": f'"{clf}"',
-        "evaluator.score_arch": '"cnn"', "evaluator.score_epochs": "2", "evaluator.score_seed": "4",
-        "evaluator.score_checkpoint": f'"{clf}"', "evaluator.cache_dir": f'"{tmp / "other-cache"}"',
+        # pairs share one training (the session cache keeps it): arch lenet and score seed 0
+        # both need lenet (seed 0), score arch cnn and seed 1 both need cnn (seed 1)
+        "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "1", "evaluator.checkpoint": f'"{clf}"',
+        "evaluator.score_arch": '"cnn"', "evaluator.score_epochs": "2", "evaluator.score_seed": "0",
+        "evaluator.score_checkpoint": f'"{clf}"', "evaluator.cache_dir": f'"{_cache_copy(cache, tmp / "other-cache")}"',
         "method_options": "{psfl = {distill = false}}",
     }
 
