@@ -17,10 +17,10 @@ def global_accuracy(record: dict) -> float:
 
 
 # method -> (rounds, extra overrides). PSFL's student is cpu-CSC: tiny-CSC (4.6 k
-# parameters) barely learns in this budget, and AGP's pruning at zeta ~ 0.4-0.8 delays
-# the student's take-off to rounds 3-6 (psfl-no-agp takes off in round 2).
+# parameters) barely learns in this budget. AGP prunes from round 0 (tiny_overrides), and
+# the student still takes off in round 1; its ramp costs a dip in rounds 4-7 on some seeds.
 RUNS = {
-    "psfl": (8, ["model.student='cpu-CSC'"]),
+    "psfl": (4, ["model.student='cpu-CSC'"]),
     "fedavg": (4, []),  # trains tiny-M
 }
 
@@ -31,10 +31,11 @@ def test_tiny_federated_run_learns(method, tmp_path):
     3 clients, 30 local SGD steps of 16 per round), measured for seeds 0-4 before setting
     the threshold (`/tmp`-free script: loop this test's body over seed=0..4):
 
-        psfl   (8 rounds): 0.703 0.691 0.684 0.672 0.602   (min 0.602)
+        psfl   (4 rounds): 0.594 0.613 0.676 0.609 0.582   (min 0.582; AMD EPYC, 2026-12-07;
+                            8 rounds of seed 4: 0.070 0.387 0.566 0.582 0.449 0.570 0.648 0.566)
         fedavg (4 rounds): 0.711 0.688 0.723 0.660 0.691   (min 0.660)
 
-    The threshold 0.40 is 4x chance and 0.20 below the lowest measured value, so float
+    The threshold 0.40 is 4x chance and 0.18 below the lowest measured value, so float
     drift on another CPU (a few images) cannot cross it; a run that does not learn
     (about 0.10) or half-learns does. The test runs seed 0.
     """
