@@ -397,8 +397,8 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     idx = torch.randperm(n_test, generator=make_generator(cfg.seed, 0x7E57))[:k].sort().values
     x_test, y_test = prepared.x_test[idx], prepared.y_test[idx]
     res = prepared.input
-    mse_scale = mse_scale_for(prepared, cfg.train.mse_weight, cfg.train.mse_space)
     var = pixel_variance(prepared.x_train, res)
+    mse_scale = mse_scale_for(prepared, cfg.train.mse_weight, cfg.train.mse_space, variance=var)
     channel = create_channel(cfg.channel.name, **channel_kwargs(cfg.channel))
 
     def clf_record(clf: Any, which: str) -> dict[str, Any]:
