@@ -80,7 +80,7 @@ def test_plugin_runs_from_the_cli_like_a_builtin(plugin_root, tmp_path, cache, c
     cls = METHODS.get("myavg")
     assert cls.name == "myavg" and cls.__module__ == "mypkg.mod"
     over = tiny_overrides(cache, rounds=2, method="myavg") + ['method_options.myavg.note="hello"']
-    argv = ["run", "--no-progress", "--out", str(tmp_path / "r")]
+    argv = ["run", "--no-progress", "--no-plots", "--out", str(tmp_path / "r")]
     for o in over:
         argv += ["--set", o]
     assert main(argv) == 0, capsys.readouterr().err

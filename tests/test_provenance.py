@@ -190,7 +190,7 @@ def test_resume_extends_rounds_and_refuses_other_changes(tmp_path, reference_run
     _, full = reference_run(3)
     part = tmp_path / "part"
     reference_run(2, copy_to=part)
-    assert main(["run", "--resume", str(part), "--no-progress", "--set", "rounds=3"]) == 0
+    assert main(["run", "--resume", str(part), "--no-progress", "--no-plots", "--set", "rounds=3"]) == 0
     assert strip_timing(read_records(part / "metrics.jsonl")) == strip_timing(full)
     assert "rounds = 3" in (part / "config.toml").read_text()
     prov = json.loads((part / "provenance.json").read_text())
@@ -218,7 +218,7 @@ def test_data_provenance_relative_dir_and_fingerprint_check(tmp_path, cache, cap
     data = _fmnist_dir(tmp_path / "d" / "data")
     monkeypatch.chdir(tmp_path / "d")
     run_dir = tmp_path / "run"
-    args = ["run", "--no-progress", "--out", str(run_dir), "--data-dir", "data"]
+    args = ["run", "--no-progress", "--no-plots", "--out", str(run_dir), "--data-dir", "data"]
     for o in tiny_overrides(cache, rounds=1):
         args += ["--set", o]
     assert main(args) == 0
@@ -227,7 +227,7 @@ def test_data_provenance_relative_dir_and_fingerprint_check(tmp_path, cache, cap
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert len(prov["data"]["fingerprint"]) == 32 and len(prov["partition"]["fingerprint"]) == 32
     monkeypatch.chdir(tmp_path)  # resuming from elsewhere reads the same file
-    assert main(["run", "--resume", str(run_dir), "--no-progress", "--set", "rounds=2"]) == 0
+    assert main(["run", "--resume", str(run_dir), "--no-progress", "--no-plots", "--set", "rounds=2"]) == 0
     # The same path with other contents: refused, never silently trained on.
     z = dict(np.load(data / "fashion_mnist.npz"))
     z["x_train"] = z["x_train"][::-1].copy()
@@ -237,7 +237,9 @@ def test_data_provenance_relative_dir_and_fingerprint_check(tmp_path, cache, cap
     clear_dataset_cache()
     capsys.readouterr()
     assert main(["run", "--resume", str(run_dir), "--no-progress", "--set", "rounds=3"]) == 2
-    assert "dataset arrays differ" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dataset arrays differ" in err
+    assert "training one" not in err  # refused before any work: no evaluator trained on the changed data
 
 
 def test_explicit_data_dir_without_dataset_exits_2_and_bundled_is_announced(tmp_path, cache, capsys):
@@ -251,6 +253,9 @@ def test_explicit_data_dir_without_dataset_exits_2_and_bundled_is_announced(tmp_
     first = capsys.readouterr().out.splitlines()[0]
     assert "bundled fashion_mnist sample" in first
     assert 'source = "bundled"' in (tmp_path / "b" / "config.toml").read_text()
+    # `psfl run` draws its figures (the other tests here mostly pass --no-plots)
+    pngs = {p.name: p.stat().st_size for p in (tmp_path / "b").glob("*.png")}
+    assert set(pngs) == {"loss.png", "accuracy.png", "energy.png", "psnr.png"} and min(pngs.values()) > 10_000, pngs
 
 
 def test_run_records_how_it_was_made(tmp_path, cache):

@@ -23,7 +23,7 @@ def test_readme_method_example_runs_and_holds_its_ball(tmp_path, cache, capsys):
     exec(compile(_example(), "README.md", "exec"), namespace)
     try:
         over = tiny_overrides(cache, rounds=1, method="fedavg-ball")
-        args = ["run", "--no-progress", "--out", str(tmp_path / "r")]
+        args = ["run", "--no-progress", "--no-plots", "--out", str(tmp_path / "r")]
         for o in over + ["method_options.fedavg-ball.radius=0.01"]:
             args += ["--set", o]
         assert main(args) == 0

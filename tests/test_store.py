@@ -18,7 +18,7 @@ from test_runner import strip_timing, tiny_overrides
 
 
 def run_args(out, over, *extra):
-    args = ["run", "--no-progress", "--out", str(out), *extra]
+    args = ["run", "--no-progress", "--no-plots", "--out", str(out), *extra]  # the PNGs: 2-4 s a run
     for o in over:
         args += ["--set", o]
     return args

@@ -344,6 +344,19 @@ def _frozen(clf: nn.Module) -> nn.Module:
     return clf
 
 
+def run_dataset(cfg: RunConfig) -> Any:
+    """The dataset a run trains and scores on: ``data.dataset`` from its source, seen
+    through the validation view when ``data.validation_samples`` > 0 (its fingerprint is
+    the one a run records)."""
+    from psfl import data as D
+
+    d = cfg.data
+    ds = D.load_dataset(d.dataset, source=d.source, data_dir=d.data_dir)
+    if d.validation_samples > 0:  # tuning: held-out training images stand in for the test split
+        ds = D.validation_view(ds, d.validation_samples)
+    return ds
+
+
 def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device = "cpu") -> FederatedEnv:
     """Data, partition, the two frozen classifiers, the channel, the global test subset
     and the trivial baselines for a run (deterministic). ``device``: where models,
@@ -362,9 +375,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
 
     dev = resolve_device(device)
     d = cfg.data
-    ds = D.load_dataset(d.dataset, source=d.source, data_dir=d.data_dir)
-    if d.validation_samples > 0:  # tuning: held-out training images stand in for the test split
-        ds = D.validation_view(ds, d.validation_samples)
+    ds = run_dataset(cfg)
     student_preset = cfg.model.student or f"{cfg.model.family}-CSC"
     spec = D.INPUT_PRESETS.get(MODELS.get(student_preset).input_preset)
     prepared = D.prepare(ds, spec)

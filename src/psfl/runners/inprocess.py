@@ -27,7 +27,7 @@ from psfl.fl.energy import link_cost, round_snrs
 from psfl.fl.privacy import dp_epsilon
 from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_env, check_run_config, options_for
 from psfl.methods.base import ClientResult
-from psfl.methods.base import check_finite, check_state_finite, make_generator
+from psfl.methods.base import check_finite, check_state_finite, make_generator, run_dataset
 from psfl.methods.screen import screen_uploads
 from psfl.runners.lock import run_lock
 from psfl.runners.store import CHECKPOINT, has_checkpoint, load_checkpoint, read_records, save_checkpoint
@@ -182,6 +182,8 @@ def _run_federated(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, 
     if cfg.server.secure_aggregation and executor is None:
         raise PsflError("config field server.secure_aggregation: secure aggregation runs on the Flower engine "
                         "(psfl run --engine flower, flwr run .); in one process the server holds every upload")
+    if resume and env is None and has_checkpoint(run_dir):
+        check_same_dataset(run_dir, run_dataset(cfg))  # before any work (evaluators train on it)
     env = env or build_env(cfg, progress=progress, device=device)
     method = METHODS.get(cfg.method)(env, options_for(cfg), cfg)
     K = cfg.data.num_clients
@@ -386,6 +388,22 @@ def model_records(env: FederatedEnv, presets: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_same_dataset(run_dir: Path, ds: Any) -> None:
+    """``--resume`` guard that needs only the data: the dataset's fingerprint must be the
+    stored one (checked before the run builds anything, so that changed data is refused
+    before evaluators are trained on it; :func:`check_same_data` checks the rest)."""
+    path = run_dir / PROVENANCE
+    if path.is_file():  # without one, check_same_data refuses the resume
+        _same_fingerprint(run_dir, "dataset arrays", json.loads(path.read_text())["data"]["fingerprint"],
+                          ds.fingerprint())
+
+
+def _same_fingerprint(run_dir: Path, what: str, then: str, now: str) -> None:
+    if then != now:
+        raise PsflError(f"--resume {run_dir}: the {what} differ from the run's (fingerprint {now[:12]} now, "
+                        f"{then[:12]} when it started); resume with the same data")
+
+
 def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
     """``--resume`` guard: the data and partition fingerprints must match the stored ones,
     and the models (parameters, channel width) the config builds now the stored ones (the
@@ -395,10 +413,7 @@ def check_same_data(run_dir: Path, prov: dict[str, Any]) -> None:
         raise PsflError(f"{run_dir}: no {PROVENANCE}; cannot verify the data of this run")
     old = json.loads(path.read_text())
     for key, what in (("data", "dataset arrays"), ("partition", "client partition")):
-        a, b = old[key]["fingerprint"], prov[key]["fingerprint"]
-        if a != b:
-            raise PsflError(f"--resume {run_dir}: the {what} differ from the run's (fingerprint {b[:12]} now, "
-                            f"{a[:12]} when it started); resume with the same data")
+        _same_fingerprint(run_dir, what, old[key]["fingerprint"], prov[key]["fingerprint"])
     why = models_mismatch(old.get("models"), prov["models"])
     if why:
         raise PsflError(f"--resume {run_dir}: {why}; it cannot be resumed with today's models")
