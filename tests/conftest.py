@@ -72,25 +72,32 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_run(cache, tmp_path_factory):
     """``reference_run(rounds, copy_to=None)``: the overrides and records of an uninterrupted
-    tiny PSFL run of ``rounds`` rounds (``tiny_overrides``), made once per worker: the run
-    that a killed, damaged or resumed run must equal. ``copy_to``: a copy of its run folder
-    there, to damage or resume."""
+    tiny PSFL run of ``rounds`` rounds (``tiny_overrides``), made once per session (under a
+    file lock, beside the evaluator cache: the workers share it): the run that a killed,
+    damaged or resumed run must equal. Its records are read back from its metrics.jsonl,
+    as a resumed run reads its earlier rounds. ``copy_to``: a copy of its run folder there,
+    to damage or resume (the shared folder itself is never written after it is made)."""
     import shutil
 
     from psfl.config import load_config
     from psfl.runners.inprocess import run_federated
+    from psfl.runners.store import read_records
     from test_runner import tiny_overrides
 
-    made: dict[int, tuple[list[str], list[dict], object]] = {}
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
 
     def get(rounds: int, copy_to=None) -> tuple[list[str], list[dict]]:
-        if rounds not in made:
-            over = tiny_overrides(cache, rounds=rounds)
-            out = tmp_path_factory.mktemp(f"reference-{rounds}") / "run"
-            made[rounds] = over, run_federated(load_config(None, over), out, progress=False).records, out
-        over, records, out = made[rounds]
+        over = tiny_overrides(cache, rounds=rounds)
+        out = root / "psfl-reference-runs" / f"rounds{rounds}"
+        with FileLock(str(out) + ".lock"):
+            if not (out / ".ready").is_file():
+                shutil.rmtree(out, ignore_errors=True)
+                run_federated(load_config(None, over), out / "run", progress=False)
+                (out / ".ready").touch()
         if copy_to is not None:
-            shutil.copytree(out, copy_to)
-        return list(over), [dict(r) for r in records]
+            shutil.copytree(out / "run", copy_to)
+        return list(over), read_records(out / "run" / "metrics.jsonl")
 
     return get
