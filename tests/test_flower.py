@@ -10,6 +10,7 @@ from psfl.runners.store import read_records
 
 flwr = pytest.importorskip("flwr", reason="the flower extra is not installed")
 
+from psfl.runners import flower  # noqa: E402
 from psfl.runners.flower import run_simulation  # noqa: E402
 
 from test_runner import strip_timing, tiny_overrides  # noqa: E402
@@ -125,3 +126,9 @@ def test_run_config_errors_name_the_key(run_config, message):
 
     with pytest.raises(PsflError, match=re.escape(message)):
         server_run(run_config, run_id=1)
+
+
+def test_only_the_first_round_waits_for_the_nodes_to_build_their_clients():
+    waits = flower._RoundTimeout(5.0)
+    assert [waits.next() for _ in range(3)] == [flower.NODE_START_S, 5.0, 5.0]
+    assert flower._RoundTimeout(1000.0).next() == 1000.0  # a longer round timeout wins

@@ -25,7 +25,8 @@ from test_screen import CORRUPT, REASON, hostile_executor  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
 
-TIMEOUT_S = 30.0  # a tiny round of 3 clients takes seconds (round 0 builds the nodes: < 15 s on 2 busy cores)
+TIMEOUT_S = 12.0  # a tiny round of 3 clients takes 1-2 s alone, < 5 s on 2 busy cores (round 0, in which the
+# nodes build their clients, waits flower.NODE_START_S)
 BAD = 1
 PLAN = {0: "nan", 1: "mask-violating", 2: "wrong shape", 3: "huge", 4: "truncated", 5: "raise", 6: "late"}
 REASONS = {**REASON, "raise": "the client crashed", "late": f"no reply within {TIMEOUT_S:g} s"}
@@ -51,7 +52,7 @@ def faulty_client_app(seen: Path | None = None) -> ClientApp:
             method = flower._client_side(str(c["config"]), None, "cpu")[2]
             reply.content[flower.RECORD]["payload"] = CORRUPT[kind](method, bytes(reply.content[flower.RECORD]["payload"]))
         if kind == "late":
-            time.sleep(TIMEOUT_S + 15)  # answers, but after the server gave up on it
+            time.sleep(TIMEOUT_S + 3)  # answers, but after the server gave up on it (it waits from its send)
         return reply
 
     return app

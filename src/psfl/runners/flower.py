@@ -283,8 +283,23 @@ def _wait_for_nodes(grid, k: int, timeout_s: float) -> list[int]:
 
 RAY_NICENESS_ENV = "RAY_worker_niceness"  # read by Ray's raylet when the simulation starts it
 
-NODE_START_S = 180.0  # the first query waits this long at least: a node builds its client (data shard,
-# models) before it answers, which takes far longer than a round on a busy machine
+NODE_START_S = 180.0  # the first query, and the first round this server sends, wait this long at least:
+# a node starts (imports torch) before it answers the query and builds its client (data shard, models,
+# evaluators) in its first round, which takes far longer than a round's training on a busy machine
+
+
+class _RoundTimeout:
+    """The wait for a round's replies: ``timeout_s``, except for the first round this
+    server sends (its nodes build their clients in it), which waits ``NODE_START_S`` at
+    least. A node that answers no round at all therefore costs the first round
+    ``NODE_START_S``, as it costs the query."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s, self.sent = timeout_s, False
+
+    def next(self) -> float:
+        first, self.sent = not self.sent, True
+        return max(self.timeout_s, NODE_START_S) if first else self.timeout_s
 
 
 def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | None = None) -> Callable:
@@ -312,18 +327,20 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
     if missing:
         raise PsflError(f"no Flower node holds client(s) {missing} (partition-id of the node configs)")
 
+    waits = _RoundTimeout(timeout_s)
     if cfg.server.secure_aggregation:
-        return lambda method: _secure_round(grid, cfg, method, node_of, text, key or run_tag(cfg), timeout_s)
+        return lambda method: _secure_round(grid, cfg, method, node_of, text, key or run_tag(cfg), waits)
 
     def bind(method):
         def run(rnd: int, payload: bytes, cids: list[int], snrs):
+            wait_s = waits.next()
             k = cfg.data.num_clients
             seen = {c for r in range(rnd) for c in method.participants(r, k)}  # deterministic per method
             msgs = [Message(RecordDict({RECORD: ConfigRecord({
                 "config": text, "round": rnd, "cid": cid, "snr_db": float(snrs[cid]), "payload": payload,
                 "first": cid not in seen, "state_key": key or run_tag(cfg)})}), dst_node_id=node_of[cid], message_type="train") for cid in cids]
             out, answered = [], set()
-            for r in grid.send_and_receive(msgs, timeout=timeout_s):
+            for r in grid.send_and_receive(msgs, timeout=wait_s):
                 cid = next((k for k, v in node_of.items() if v == r.metadata.src_node_id), None)
                 if cid is None or cid in answered:
                     continue  # not a node of this run, or a duplicate reply
@@ -339,7 +356,7 @@ def flower_executor(grid, cfg: RunConfig, timeout_s: float = 600.0, key: str | N
                     out.append((cid, ClientFailure(f"malformed reply: {type(e).__name__}: {e}"), 0.0))
                     continue
                 out.append((cid, res, secs))
-            out += [(cid, ClientFailure(f"no reply within {timeout_s:g} s"), 0.0) for cid in cids if cid not in answered]
+            out += [(cid, ClientFailure(f"no reply within {wait_s:g} s"), 0.0) for cid in cids if cid not in answered]
             return out
         return run
     return bind
@@ -371,7 +388,8 @@ class _SecAggGrid:
         return replies
 
 
-def _secure_round(grid, cfg: RunConfig, method, node_of: dict[int, int], text: str, key: str, timeout_s: float):
+def _secure_round(grid, cfg: RunConfig, method, node_of: dict[int, int], text: str, key: str,
+                  waits: _RoundTimeout):
     """One round under Flower's SecAgg+ workflow: yields each answering client's
     ClientResult (payload: the bytes it sent in the protocol; metrics: its own) and one
     :class:`psfl.runners.inprocess.SecureAggregate` with the weighted mean of the
@@ -427,7 +445,7 @@ def _secure_round(grid, cfg: RunConfig, method, node_of: dict[int, int], text: s
                                 strategy=strategy)
         SecAggPlusWorkflow(sv.secagg_shares, sv.secagg_threshold, clipping_range=sv.secagg_clip,
                            max_weight=float(max(method.env.data.volumes[c] for c in cids)),
-                           timeout=timeout_s)(spy, context)
+                           timeout=waits.next())(spy, context)
         out, answered = [], set()
         for proxy, fitres in strategy.out or []:
             cid = cid_of[proxy.node_id]
@@ -452,7 +470,8 @@ def _secure_round(grid, cfg: RunConfig, method, node_of: dict[int, int], text: s
 class ServerRun:
     """What one ServerApp run does: run ``cfg`` into ``run_dir`` (``resume``: continue
     it), evaluating on ``device``; ``timeout_s`` bounds the wait for the nodes and for
-    each round's replies."""
+    each round's replies (the first round, in which the nodes build their clients, waits
+    ``NODE_START_S`` at least)."""
     cfg: RunConfig
     run_dir: Path
     resume: bool = False
@@ -492,7 +511,8 @@ def run_simulation(cfg: RunConfig, run_dir: Path, resume: bool = False, progress
     virtual SuperNode per client (``partition-id`` = client id). The nodes keep their
     client states in ``<run_dir>/nodes/``, so ``resume`` continues where the run stopped.
     ``timeout_s`` bounds each round's wait for replies (a client that does not answer in
-    time is recorded as failed); ``client_app`` replaces psfl's ClientApp (one that adds
+    time is recorded as failed; the server's first round waits ``NODE_START_S`` at least,
+    as its nodes build their clients in it); ``client_app`` replaces psfl's ClientApp (one that adds
     mods, say); ``strict=False``: the config is another method's (``psfl compare``)."""
     import logging
 
