@@ -132,3 +132,16 @@ def test_only_the_first_round_waits_for_the_nodes_to_build_their_clients():
     waits = flower._RoundTimeout(5.0)
     assert [waits.next() for _ in range(3)] == [flower.NODE_START_S, 5.0, 5.0]
     assert flower._RoundTimeout(1000.0).next() == 1000.0  # a longer round timeout wins
+
+
+def test_the_flower_app_loads_without_torch():
+    """A deployed SuperNode starts a ClientApp process per message, and each loads the app:
+    the query and three of SecAgg+'s four stages need no torch (3-4 s an import on a busy
+    core), so loading the app must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, psfl.runners.flower_app as app; assert app.client_app and app.server_app; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -11,7 +11,8 @@ the real home).
    authentication: the two nodes' EC public keys are registered with
    ``flwr supernode register``, the nodes sign with their private keys, a node with an
    unregistered key is refused (it exits with an error), a run config with an unknown key
-   is refused, and one round with secure aggregation runs (each SecAgg+ round is four
+   is refused, and one round with secure aggregation runs (``flwr run`` of a folder with the
+   FAB's files only, see :func:`lean_app`; each SecAgg+ round is four
    message exchanges of a few seconds each: Flower's nodes and ServerApp poll every 3 s,
    and every exchange starts a ClientApp process that imports torch).
 
@@ -254,9 +255,27 @@ def start_supernode(fed: Federation, cid: int, superlink: str, port: int, *secur
                      "--port", str(port), "--node-config", f"partition-id={cid} state-dir='{state_dir}'")
 
 
-def run_tiny_psfl(fed: Federation, cache_dir: Path, extra: str = "", rounds: int = 2) -> Path:
-    """``flwr run .`` of ``rounds`` tiny PSFL rounds on the two nodes (``extra``: the run
-    config's ``set``); the run folder, after checking that Flower says the run completed."""
+def lean_app(fed: Federation) -> str:
+    """A folder holding what the FAB of ``flwr run .`` holds (``pyproject.toml`` and its
+    ``fab-include`` files), for ``flwr run <folder>``: the same app, without the walk
+    over the repository's other files (flwr 1.42 visits every file under the app folder,
+    the virtual environment's 44,000 included, before it filters: 10 s a command on a
+    busy AMD core)."""
+    import shutil
+    import tomllib
+
+    app = fed.root / "app"
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["fab-include"]
+    for path in {p for pattern in patterns for p in REPO.glob(pattern)} | {REPO / "pyproject.toml"}:
+        (app / path.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, app / path.relative_to(REPO))
+    return str(app)
+
+
+def run_tiny_psfl(fed: Federation, cache_dir: Path, extra: str = "", rounds: int = 2, app: str = ".") -> Path:
+    """``flwr run <app>`` (default: the repository root) of ``rounds`` tiny PSFL rounds on
+    the two nodes (``extra``: the run config's ``set``); the run folder, after checking
+    that Flower says the run completed."""
     import tomllib
 
     from flwr.common.config import flatten_dict
@@ -270,7 +289,7 @@ def run_tiny_psfl(fed: Federation, cache_dir: Path, extra: str = "", rounds: int
     run_config = " ".join(f"{k}={v}" for k, v in overrides.items() if k in declared)
     run_config += f" out='{out}' timeout-s=300.0"
     run_config += f" set='{'; '.join(sets)}'" if sets else ""
-    text = fed.flwr("run", ".", CONNECTION, "--stream", "--run-config", run_config, timeout_s=RUN_TIMEOUT_S)
+    text = fed.flwr("run", app, CONNECTION, "--stream", "--run-config", run_config, timeout_s=RUN_TIMEOUT_S)
     started = re.search(r"Successfully started run (\d+)", text)
     assert started, text[-3000:]
     status = json.loads(fed.flwr("ls", CONNECTION, "--run-id", started.group(1), "--format", "json"))
@@ -365,6 +384,7 @@ def test_flwr_run_with_tls_supernode_auth_and_secure_aggregation(federation, cac
     fed = federation
     pki = make_pki(fed.root / "pki")
     link, *nodes = fed.take_ports(4)
+    app = lean_app(fed)  # the slow test above runs `flwr run .` from the repository root
     fed.start("superlink", "flower-superlink", "--ssl-ca-certfile", str(pki["ca"]), "--ssl-certfile",
               str(pki["cert"]), "--ssl-keyfile", str(pki["key"]), "--enable-supernode-auth",
               "--host", "127.0.0.1", "--port", str(link), "--disable-runtime-dependency-installation")
@@ -376,17 +396,18 @@ def test_flwr_run_with_tls_supernode_auth_and_secure_aggregation(federation, cac
     for cid in range(2):
         start_supernode(fed, cid, f"127.0.0.1:{link}", nodes[cid], *tls, "--auth-supernode-private-key",
                         str(pki[f"node{cid}.key"]))
+    # beside them, a node whose key was never registered (checked below)
+    rogue = start_supernode(fed, 1, f"127.0.0.1:{link}", nodes[2], *tls, "--auth-supernode-private-key",
+                            str(pki["rogue.key"]), name="rogue")
     # while the nodes start: a run-config key the app does not declare is refused by the
     # SuperLink (flwr 1.42 names the key in the SuperLink's log only; the CLI gets code 15)
-    refused = fed.flwr("run", ".", CONNECTION, "--run-config", "roundz=2", expect_failure=True)
+    refused = fed.flwr("run", app, CONNECTION, "--run-config", "roundz=2", expect_failure=True)
     assert "Invalid run configuration" in refused, refused
     assert "Key 'roundz' is not present" in fed.log("superlink")
     for cid in range(2):
         fed.wait_for_log(f"node{cid}", r"SuperNode ID: \d+")
 
-    # a node whose key was never registered: the SuperLink refuses to activate it, and it exits
-    rogue = start_supernode(fed, 1, f"127.0.0.1:{link}", nodes[2], *tls, "--auth-supernode-private-key",
-                            str(pki["rogue.key"]), name="rogue")
+    # the unregistered node: the SuperLink refuses to activate it, and it exits
     fed.wait_for("the rogue SuperNode exits", lambda: rogue.poll() is not None, logs=("rogue", "superlink"))
     assert rogue.returncode != 0
     assert "Failed to activate SuperNode" in fed.log("rogue")
@@ -394,7 +415,7 @@ def test_flwr_run_with_tls_supernode_auth_and_secure_aggregation(federation, cac
     assert "No SuperNode found with the given public key" in fed.log("superlink")
 
     # with secure aggregation (SecAgg+ across the SuperLink: the server learns only the sum)
-    run_dir = run_tiny_psfl(fed, cache, "server.secure_aggregation=true", rounds=1)
+    run_dir = run_tiny_psfl(fed, cache, "server.secure_aggregation=true", rounds=1, app=app)
     check_rounds_two_clients(fed, run_dir, rounds=1)
     assert "secure_aggregation = true" in (run_dir / "config.toml").read_text()
     assert fed.run_log.count("Secure aggregation completed") == 1, fed.run_log[-3000:]  # the ServerApp's log

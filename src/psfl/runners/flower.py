@@ -41,14 +41,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from psfl.config import RunConfig, dump_config, load_config
 from psfl.utils.errors import PsflError
 from psfl.utils.fileio import atomic_path
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a tensor is made, not here: a deployed SuperNode starts one
+# ClientApp process per message, and of a SecAgg+ round's four messages only the collect
+# stage trains (the others, and the query, answered without torch: 3-4 s less each on a
+# busy core)
 RECORD = "psfl"
 
 
@@ -73,6 +78,8 @@ def _client_side(config_text: str, data_dir: str | None, device: str):
     key = (hashlib.sha256(config_text.encode()).hexdigest(), f"{data_dir}|{device}")
     if key not in _ENVS:
         _ENVS.clear()  # one run per node process at a time
+        import torch
+
         cfg = _config_from_text(config_text, data_dir)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -119,12 +126,16 @@ def _state_path(node_config: dict[str, Any], key: str, cid: int) -> Path | None:
 
 
 def _to_bytes(obj: Any) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
 
 
 def _from_bytes(b: bytes) -> Any:
+    import torch
+
     return torch.load(io.BytesIO(b), weights_only=False, map_location="cpu")
 
 
@@ -395,6 +406,7 @@ def _secure_round(grid, cfg: RunConfig, method, node_of: dict[int, int], text: s
     :class:`psfl.runners.inprocess.SecureAggregate` with the weighted mean of the
     decoded uploads, which the server only learns as a sum."""
     import numpy as np
+    import torch
     from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
     from flwr.common import FitIns, Parameters, parameters_to_ndarrays
     from flwr.server.compat.grid_client_proxy import GridClientProxy
