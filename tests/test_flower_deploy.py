@@ -14,7 +14,7 @@ the real home).
    is refused, and one round with secure aggregation runs (``flwr run`` of a folder with the
    FAB's files only, see :func:`lean_app`; each SecAgg+ round is four
    message exchanges of a few seconds each: Flower's nodes and ServerApp poll every 3 s,
-   and every exchange starts a ClientApp process that imports torch).
+   and every exchange starts a ClientApp process; only the training one imports torch).
 
 Every process started here (and its children: Flower's SuperExec, ServerApp and
 ClientApp processes) is stopped when a test ends, and its ports are free again.
