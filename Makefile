@@ -21,8 +21,9 @@ run: $(STAMP)
 	$(BIN)/psfl run
 
 ## The test suite (slow tests excluded; `make test-all` runs them too), on TEST_WORKERS
-## pytest-xdist workers (one per core here; tests/conftest.py splits the threads).
-TEST_WORKERS ?= 2
+## pytest-xdist workers: one per core here, and one more for the Flower tests, which
+## mostly wait (tests/conftest.py: their group, the order, the threads per worker).
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 

@@ -9,6 +9,15 @@ torch keeps it process-wide, so the budget is set again before every test.
 The evaluator cache (``cache``) is one folder for the whole session, shared by the
 workers: the tiny runs' two classifiers are trained once (under a file lock), not once
 per test module and worker.
+
+Scheduling (``make test``: ``-n 3 --dist loadgroup`` on 2 cores). The Flower tests (Ray
+simulations and the deployed SuperLink/SuperNodes) are one ``xdist_group("flower")``:
+one federation at a time, and mostly waiting (process starts, Flower's 3-s polls, the
+faults test's timeout), so they hold one worker while the other two keep both cores
+busy; with two workers, a worker waiting on Flower left its core idle (72 % of two cores
+busy, measured). xdist hands out the group first (its scope has the most tests), then
+single tests in collection order: ``pytest_collection_modifyitems`` puts the long ones
+first (``LONG_FIRST``), so that no worker ends the suite alone on a 30-s test.
 """
 from __future__ import annotations
 
@@ -37,6 +46,30 @@ def _worker_threads() -> int | None:
 _THREADS = _worker_threads()
 if _THREADS is not None:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
+
+# Tests of 5-40 s each (measured), longest first; the rest keep their collection order.
+LONG_FIRST = (
+    "test_provenance.py::test_every_config_field_is_honoured_or_rejected[psfl-evaluator]",
+    "test_reproduce.py::test_reproduce_all_tiny_runs_resumes_and_draws",
+    "test_learning.py::test_tiny_federated_run_learns",
+    "test_crash.py::test_sigkill_then_resume_matches_an_uninterrupted_run",
+    "test_provenance.py::test_every_config_field_is_honoured_or_rejected",
+    "test_methods.py::test_tiny_compare_cli",
+    "test_store.py::test_second_writer_is_refused_while_the_first_runs",
+    "test_fedkd.py::test_server_and_clients_stay_in_sync_and_bits_follow_the_threshold",
+    "test_tune.py::",
+    "test_screen.py::test_hostile_uploads_are_rejected_and_logged",
+    "test_plugins.py::test_broken_plugin_at_the_cli_is_one_line_exit_2",
+    "test_device.py::test_psfl_train_device_cuda_subprocess",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, p in enumerate(LONG_FIRST) if p in item.nodeid), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: ties keep the collection order
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from psfl.runners.flower import run_simulation  # noqa: E402
 
 from test_runner import strip_timing, tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("flower")  # one Flower federation at a time, on one worker (tests/conftest.py)
 
 
 def _strip(records):

@@ -21,7 +21,7 @@ from psfl.runners import flower  # noqa: E402
 
 from test_runner import tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray simulation at a time (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("flower")  # one Flower federation at a time, on one worker (tests/conftest.py)
 
 SECURE = ["server.secure_aggregation=true"]
 CLIP = 8.0  # server.secagg_clip default
