@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/psfl run
 
 ## The test suite (slow tests excluded; `make test-all` runs them too), on TEST_WORKERS
-## pytest-xdist workers: one per core here, and one more for the Flower tests, which
-## mostly wait (tests/conftest.py: their group, the order, the threads per worker).
+## pytest-xdist workers: one per core here, and one more to fill the cores while the
+## Flower tests wait (tests/conftest.py: the order, the threads per worker, the groups).
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup

@@ -11,13 +11,21 @@ workers: the tiny runs' two classifiers are trained once (under a file lock), no
 per test module and worker.
 
 Scheduling (``make test``: ``-n 3 --dist loadgroup`` on 2 cores). The Flower tests (Ray
-simulations and the deployed SuperLink/SuperNodes) are one ``xdist_group("flower")``:
-one federation at a time, and mostly waiting (process starts, Flower's 3-s polls, the
-faults test's timeout), so they hold one worker while the other two keep both cores
-busy; with two workers, a worker waiting on Flower left its core idle (72 % of two cores
-busy, measured). xdist hands out the group first (its scope has the most tests), then
-single tests in collection order: ``pytest_collection_modifyitems`` puts the long ones
-first (``LONG_FIRST``), so that no worker ends the suite alone on a 30-s test.
+simulations and the deployed SuperLink/SuperNodes) mostly wait (process starts, Flower's
+3-s polls, the faults test's timeout); with two workers a waiting worker left its core
+idle (72 % of two cores busy, measured), a third worker fills it (76 %, 6.3 -> 5.5 min on
+the AMD kind). xdist hands out single tests in collection order:
+``pytest_collection_modifyitems`` puts the long ones first (``LONG_FIRST``), so that no
+worker ends the suite alone on a 30-s test.
+
+The Flower modules carry ``xdist_group("flower")`` (one federation at a time, on one
+worker), but with pytest 9.2 and pytest-xdist 3.8 that mark is inert: xdist tags the
+group by assigning ``item._nodeid``, which pytest 9.2 no longer reads (``nodeid`` comes
+from ``item._id``), so every test is its own scope and the Flower tests spread over the
+workers; a per-test timeline of ``make test`` (2026-12-07) had three of them at once, and
+the suite passes so (two Ray simulations side by side, and the deployment, which
+takes free ports, beside them). The timings above were measured with the mark inert. With an xdist whose groups work, the
+Flower tests would run one after another on one worker.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from psfl.runners.flower import run_simulation  # noqa: E402
 
 from test_runner import strip_timing, tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("flower")  # one Flower federation at a time, on one worker (tests/conftest.py)
+# one Flower federation at a time where xdist groups work (inert on pytest 9.2: tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("flower")
 
 
 def _strip(records):
