@@ -11,21 +11,18 @@ workers: the tiny runs' two classifiers are trained once (under a file lock), no
 per test module and worker.
 
 Scheduling (``make test``: ``-n 3 --dist loadgroup`` on 2 cores). The Flower tests (Ray
-simulations and the deployed SuperLink/SuperNodes) mostly wait (process starts, Flower's
-3-s polls, the faults test's timeout); with two workers a waiting worker left its core
-idle (72 % of two cores busy, measured), a third worker fills it (76 %, 6.3 -> 5.5 min on
-the AMD kind). xdist hands out single tests in collection order:
-``pytest_collection_modifyitems`` puts the long ones first (``LONG_FIRST``), so that no
-worker ends the suite alone on a 30-s test.
-
-The Flower modules carry ``xdist_group("flower")`` (one federation at a time, on one
-worker), but with pytest 9.2 and pytest-xdist 3.8 that mark is inert: xdist tags the
-group by assigning ``item._nodeid``, which pytest 9.2 no longer reads (``nodeid`` comes
-from ``item._id``), so every test is its own scope and the Flower tests spread over the
-workers; a per-test timeline of ``make test`` (2026-12-07) had three of them at once, and
-the suite passes so (two Ray simulations side by side, and the deployment, which
-takes free ports, beside them). The timings above were measured with the mark inert. With an xdist whose groups work, the
-Flower tests would run one after another on one worker.
+simulations and the deployed SuperLink/SuperNodes) are one ``xdist_group("flower")``: one
+federation at a time, on one worker, handed out first (xdist sorts the scopes by their
+number of tests). They mostly wait (process starts, Flower's 3-s polls, the faults test's
+timeout), so the other two workers keep both cores busy meanwhile; with two workers a
+waiting worker left its core idle (72 % of two cores busy, measured). The single tests
+follow in collection order: ``pytest_collection_modifyitems`` puts the long ones first
+(``LONG_FIRST``), so that no worker ends the suite alone on a 30-s test, and tags the
+groups itself where xdist's tag does not take (``_tag_xdist_groups``: with pytest 9.2 and
+xdist 3.8 every group was inert, and the Flower tests ran on all workers at once).
+Measured quiet on the AMD kind (2026-12-07): 6.3 min with 2 workers, 5.5 with 3 and the
+groups inert, 5.0 with 3 and the groups acting (the Flower group took 0-214 s on one
+worker, and the three workers ended within 1 s of each other).
 """
 from __future__ import annotations
 
@@ -78,6 +75,25 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, p in enumerate(LONG_FIRST) if p in item.nodeid), len(LONG_FIRST))
 
     items.sort(key=rank)  # stable: ties keep the collection order
+    if config.getvalue("loadgroup"):
+        _tag_xdist_groups(items)
+
+
+def _tag_xdist_groups(items) -> None:
+    """The ``@group`` suffix of ``--dist loadgroup``, where xdist's own did not take:
+    pytest-xdist 3.8 assigns ``item._nodeid``, which pytest 9.2 no longer reads
+    (``Node.nodeid`` is ``str(item._id)``), so its groups were inert. With a pytest whose
+    nodeid xdist can set (the suffix is there), or without ``_pytest.nodeid``, nothing
+    changes."""
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 
 @pytest.fixture(autouse=True)

@@ -48,7 +48,7 @@ START_TIMEOUT_S = 120.0  # a SuperLink or SuperNode comes up (or is refused), a 
 RUN_TIMEOUT_S = 360.0  # `flwr run --stream` of two tiny rounds ends within this (60-100 s measured on 2 busy cores)
 
 pytestmark = [
-    # one Flower federation at a time where xdist groups work (inert on pytest 9.2: tests/conftest.py)
+    # one Flower federation at a time, on one worker (make test: --dist loadgroup; tests/conftest.py)
     pytest.mark.xdist_group("flower"),
     pytest.mark.skipif(os.name != "posix" or not Path("/proc").is_dir(), reason="needs POSIX process groups and /proc"),
     pytest.mark.skipif(not all((BIN / exe).is_file() for exe in ("flwr", "flower-superlink", "flower-supernode",

@@ -23,7 +23,7 @@ from psfl.runners import flower  # noqa: E402
 from test_runner import tiny_overrides  # noqa: E402
 from test_screen import CORRUPT, REASON, hostile_executor  # noqa: E402
 
-# one Flower federation at a time where xdist groups work (inert on pytest 9.2: tests/conftest.py)
+# one Flower federation at a time, on one worker (make test: --dist loadgroup; tests/conftest.py)
 pytestmark = pytest.mark.xdist_group("flower")
 
 TIMEOUT_S = 12.0  # a tiny round of 3 clients takes 1-2 s alone, < 5 s on 2 busy cores (round 0, in which the

@@ -21,7 +21,7 @@ from psfl.runners import flower  # noqa: E402
 
 from test_runner import tiny_overrides  # noqa: E402
 
-# one Flower federation at a time where xdist groups work (inert on pytest 9.2: tests/conftest.py)
+# one Flower federation at a time, on one worker (make test: --dist loadgroup; tests/conftest.py)
 pytestmark = pytest.mark.xdist_group("flower")
 
 SECURE = ["server.secure_aggregation=true"]
