@@ -75,7 +75,7 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, p in enumerate(LONG_FIRST) if p in item.nodeid), len(LONG_FIRST))
 
     items.sort(key=rank)  # stable: ties keep the collection order
-    if config.getvalue("loadgroup"):
+    if getattr(config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup
         _tag_xdist_groups(items)
 
 
