@@ -21,8 +21,8 @@ follow in collection order: ``pytest_collection_modifyitems`` puts the long ones
 groups itself where xdist's tag does not take (``_tag_xdist_groups``: with pytest 9.2 and
 xdist 3.8 every group was inert, and the Flower tests ran on all workers at once).
 Measured quiet on the AMD kind (2026-12-07): 6.3 min with 2 workers, 5.5 with 3 and the
-groups inert, 5.0 with 3 and the groups acting (the Flower group took 0-214 s on one
-worker, and the three workers ended within 1 s of each other).
+groups inert, 5.0-5.2 (two runs) with 3 and the groups acting (the Flower group took
+0-214 s on one worker, and the three workers ended within 1 s of each other).
 """
 from __future__ import annotations
 
