@@ -57,3 +57,32 @@ def test_tune_adds_a_later_calls_methods_and_refuses_another_budget(tmp_path, ca
     assert "| fedavg |" in (tmp_path / "choices.md").read_text()
     assert main(base[:-1] + ["--last", "1", "--no-progress", "--methods", "stc"] + over) == 2  # other budget
     assert not (tmp_path / "stc").exists()  # refused before any run
+
+
+def test_widen_steps_past_the_grid_edge_reusing_the_grids_runs(tmp_path, cache, capsys):
+    over = [a for o in tiny_overrides(cache, rounds=2, method="fedavg") for a in ("--set", o)]
+    over += ["--set", "data.validation_samples=570"]
+    base = ["tune", "--methods", "fedavg", "--grid", "train.lr=0.003,0.01", "--last", "2", "--no-progress"]
+    grid_dir, wide = tmp_path / "grid", tmp_path / "wide"
+    assert main(base + ["--out", str(grid_dir)] + over) == 0
+    first = json.loads((grid_dir / "choices.json").read_text())["choices"]["fedavg"]
+    assert first["on_edge"] == ["train.lr"] and first["widened"] == {}  # two values: always on an edge
+    assert main(base + ["--out", str(wide), "--widen", "1", "--reuse", str(grid_dir)] + over) == 0
+    res = json.loads((wide / "choices.json").read_text())
+    c = res["choices"]["fedavg"]
+    outward = {"train.lr=0.003": "train.lr=0.0009", "train.lr=0.01": "train.lr=0.03333"}[first["set"][0]]
+    assert list(c["widened"]) == [outward] and c["grid_set"] == first["set"] and res["widen"] == 1
+    # the grid's points were read from the reused folder, not run again; the new one ran here
+    assert sorted(p.name for p in (wide / "fedavg").iterdir()) == [outward]
+    recs = [json.loads(line) for line in (wide / "fedavg" / outward / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert c["widened"][outward] == pytest.approx(sum(r["global"]["accuracy"] for r in recs[-2:]) / 2)
+    assert c["points"] == {**first["points"], outward: c["widened"][outward]}
+    assert c["set"] == [max(c["points"], key=lambda k: (c["points"][k], k in first["set"]))]
+    assert c["on_edge"] == (["train.lr"] if c["set"] == [outward] else [])
+    assert "| fedavg |" in (wide / "choices.md").read_text()
+    # a reused run must hold the point's config: another local_steps is refused, not scored
+    cfgfile = grid_dir / "fedavg" / first["set"][0] / "seed0" / "config.toml"
+    cfgfile.write_text(cfgfile.read_text().replace("local_steps = ", "local_steps = 1"))
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "again"), "--widen", "1", "--reuse", str(grid_dir)] + over) == 2
+    assert "another config (train.local_steps" in capsys.readouterr().err

@@ -19,6 +19,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
     p.add_argument("--last", type=int, default=5, help="rounds averaged into a run's score (default 5)")
     p.add_argument("--out", required=True, help="output folder (runs, grid.csv, choices.json, choices.md)")
+    p.add_argument("--widen", type=int, default=0, metavar="N",
+                   help="where the choice sits on the grid's edge, try up to N more values outward per side "
+                        "(the grid's ratio), one axis at a time, the same for every method (default 0)")
+    p.add_argument("--reuse", metavar="DIR",
+                   help="an earlier psfl tune folder whose finished runs (same config) stand in for this call's")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
 
@@ -38,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         raise PsflError(f"--seeds {args.seeds!r}: a comma list of integers") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     tune(cfg, methods, parse_grid(args.grid), seeds, Path(args.out), args.last, progress=not args.no_progress,
-         device=resolve_device(args.device))
+         device=resolve_device(args.device), widen=args.widen, reuse=Path(args.reuse) if args.reuse else None)
     print((Path(args.out) / "choices.md").read_text())
     return 0

@@ -14,6 +14,20 @@ kept, an interrupted one resumed), ``grid.csv`` (every point's score per seed),
 ``choices.md``. A later call on the same ``OUT`` with the same grid and budget adds its
 methods to these (so the grid can be run piecewise, disjoint ``--methods`` per process);
 one with another grid or budget is refused.
+
+``widen`` > 0 goes on past the grid where the choice sits on an edge of it: along each
+axis in turn (the others held at the choice), while the chosen value is the axis's lowest
+or highest value tried, one more value outward (the grid's own ratio: 0.01, 0.03 -> 0.09 or
+0.0033) is run, up to ``widen`` values per side; it becomes the choice only if it scores
+higher. Every method goes through the same steps. The choice then records ``grid_set``
+(the grid's own choice), the extra ``widened`` points and ``on_edge`` (the axes where it
+still sits on the edge of what was tried: a wider search may still move it).
+
+``reuse`` names another tune folder whose finished runs stand in for this call's (read,
+never written; each one's stored config must equal the point's, or it is refused), so
+that widening an earlier grid re-runs none of its points. Every run a score rests on
+must hold the stored config of its point: a finished run made with another config is
+refused, never scored.
 """
 from __future__ import annotations
 
@@ -27,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from psfl.config import RunConfig, load_config
+from psfl.config import RunConfig, diff_configs, load_config
 from psfl.utils.errors import PsflError
 
 
@@ -60,7 +74,8 @@ def point_name(point: dict[str, str]) -> str:
     return "+".join(f"{k}={v}" for k, v in point.items()) or "defaults"
 
 
-_BUDGET_KEYS = ("grid", "seeds", "rounds", "last", "local_steps", "validation_samples")
+_BUDGET_KEYS = ("grid", "seeds", "rounds", "last", "local_steps", "validation_samples", "widen")
+_DEFAULTS = {"widen": 0}  # a key that choices written before it existed do not hold
 
 
 def _earlier_choices(out: Path, summary: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -70,7 +85,7 @@ def _earlier_choices(out: Path, summary: dict[str, Any]) -> tuple[dict[str, Any]
     if not path.is_file():
         return {}, []
     old = json.loads(path.read_text())
-    differ = [k for k in _BUDGET_KEYS if old.get(k) != summary[k]]
+    differ = [k for k in _BUDGET_KEYS if old.get(k, _DEFAULTS.get(k)) != summary[k]]
     if differ:
         raise PsflError(f"{path} holds choices made with another {', '.join(differ)}; "
                         "use another --out (or move it away)")
@@ -81,12 +96,47 @@ def _earlier_choices(out: Path, summary: dict[str, Any]) -> tuple[dict[str, Any]
     return dict(old.get("choices", {})), rows
 
 
+def _outward(values: list[str], up: bool) -> str:
+    """The next value past the highest (``up``) or lowest of an axis's ``values``, at the
+    ratio of its two outermost values on that side (0.01, 0.03 -> 0.09 up, 0.0033 down)."""
+    nums = sorted(float(v) for v in values)
+    a, b = (nums[-2], nums[-1]) if up else (nums[1], nums[0])
+    return f"{b * b / a:.4g}"
+
+
+def _widenable(grid: dict[str, list[str]]) -> None:
+    for k, vals in grid.items():
+        try:
+            nums = [float(v) for v in vals]
+        except ValueError:
+            raise PsflError(f"--widen: axis {k} has a value that is not a number ({', '.join(vals)})") from None
+        if len(set(nums)) < 2 or min(nums) <= 0:
+            raise PsflError(f"--widen: axis {k} needs two or more distinct positive values to widen by their ratio")
+
+
+def _finite(x: float) -> float | None:
+    """A diverged point's score (never chosen) is written as null, not as a number."""
+    return x if np.isfinite(x) else None
+
+
+def _on_edge(point: dict[str, str], tried: dict[str, list[str]]) -> list[str]:
+    """The axes where ``point``'s value is the lowest or highest value tried."""
+    out = []
+    for k, v in point.items():
+        nums = [float(x) for x in tried[k]]
+        if len(nums) > 1 and float(v) in (min(nums), max(nums)):
+            out.append(k)
+    return out
+
+
 def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], seeds: Sequence[int], out: Path,
-         last: int = 5, progress: bool = True, device: Any = "cpu",
+         last: int = 5, progress: bool = True, device: Any = "cpu", widen: int = 0, reuse: Path | None = None,
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the grid for every method (module docstring); returns the choices."""
+    from psfl.experiments.reproduce import IGNORED_FIELDS
     from psfl.methods import METHODS, check_run_config
-    from psfl.runners.inprocess import holds_results, read_records, run_federated
+    from psfl.runners.inprocess import CONFIG, holds_results, read_records, run_federated
+    from psfl.utils.errors import DivergenceError
 
     if cfg.data.validation_samples <= 0:
         raise PsflError("psfl tune chooses on validation data: set data.validation_samples (e.g. 5000); "
@@ -96,54 +146,121 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         raise PsflError(f"unknown method(s) {unknown}; known: {', '.join(METHODS.names())}")
     if last < 1 or last > cfg.rounds:
         raise PsflError(f"--last must be in [1, rounds = {cfg.rounds}], got {last}")
-    out.mkdir(parents=True, exist_ok=True)
+    if widen < 0:
+        raise PsflError(f"--widen must be >= 0, got {widen}")
+    if widen:
+        _widenable(grid)
     budget = {"grid": grid, "seeds": list(seeds), "rounds": cfg.rounds, "last": last,
-              "local_steps": cfg.train.local_steps, "validation_samples": cfg.data.validation_samples}
+              "local_steps": cfg.train.local_steps, "validation_samples": cfg.data.validation_samples,
+              "widen": widen}
+    if reuse is not None:
+        reuse = Path(reuse)
+        if reuse.resolve() == Path(out).resolve():
+            raise PsflError("--reuse names the --out folder itself; its finished runs are kept anyway")
+        if not (reuse / "choices.json").is_file():
+            raise PsflError(f"--reuse {reuse}: no choices.json there (not a psfl tune folder)")
+        theirs = json.loads((reuse / "choices.json").read_text())
+        differ = [k for k in _BUDGET_KEYS if k != "widen" and theirs.get(k) != budget[k]]
+        if differ:
+            raise PsflError(f"--reuse {reuse}: its runs were made with another {', '.join(differ)}")
+    out.mkdir(parents=True, exist_ok=True)
     earlier, earlier_rows = _earlier_choices(out, budget)  # refused before any run
     rows: list[dict[str, Any]] = []
     choices: dict[str, Any] = {}
-    for m in methods:
-        scored = []
-        for point in method_points(cfg, m, grid):
-            per_seed = []
-            for seed in seeds:
-                # a copy: load_config writes into its base, and one method's point must not
-                # leak into the next method's runs
-                run_cfg = check_run_config(load_config(None, [f'method="{m}"', f"seed={seed}",
-                                                              *(f"{k}={v}" for k, v in point.items())],
-                                                       base=copy.deepcopy(cfg)))
-                run_dir = out / m / point_name(point) / f"seed{seed}"
-                done = read_records(run_dir / "metrics.jsonl", quiet=True)
-                if len(done) < run_cfg.rounds:
-                    log(f"{'resume' if holds_results(run_dir) else 'start'} {m} {point_name(point)} seed {seed}")
+
+    def finished(run_dir: Path, run_cfg: RunConfig) -> list[dict[str, Any]]:
+        """The run's records if it is finished with the point's config (refused if made
+        with another), else []."""
+        done = read_records(run_dir / "metrics.jsonl", quiet=True)
+        if len(done) < run_cfg.rounds:
+            return []
+        stored = load_config(run_dir / CONFIG)
+        diffs = [f for f in diff_configs(stored, run_cfg) if f not in IGNORED_FIELDS]
+        if diffs:
+            raise PsflError(f"{run_dir} holds a finished run with another config ({', '.join(diffs)} differ "
+                            "from this point's); move it away or use another --out")
+        return done
+
+    def score(m: str, point: dict[str, str]) -> tuple[float, list[float]]:
+        per_seed = []
+        for seed in seeds:
+            # a copy: load_config writes into its base, and one method's point must not
+            # leak into the next method's runs
+            run_cfg = check_run_config(load_config(None, [f'method="{m}"', f"seed={seed}",
+                                                          *(f"{k}={v}" for k, v in point.items())],
+                                                   base=copy.deepcopy(cfg)))
+            where = Path(m) / point_name(point) / f"seed{seed}"
+            run_dir = out / where
+            done = finished(reuse / where, run_cfg) if reuse is not None and not holds_results(run_dir) else []
+            src = str(reuse / where) if done else str(run_dir)
+            done = done or finished(run_dir, run_cfg)
+            if not done:
+                log(f"{'resume' if holds_results(run_dir) else 'start'} {m} {point_name(point)} seed {seed}")
+                try:
                     run_federated(run_cfg, run_dir, resume=holds_results(run_dir), progress=progress,
                                   device=device)
                     done = read_records(run_dir / "metrics.jsonl")
-                score = float(np.mean([r["global"]["accuracy"] for r in done[run_cfg.rounds - last:run_cfg.rounds]]))
-                per_seed.append(score)
-                rows.append({"method": m, "point": point_name(point), "seed": seed, "score": score})
-            scored.append((float(np.mean(per_seed)), point, per_seed))
-        best = max(scored, key=lambda s: s[0])  # the first of equal scores
-        choices[m] = {"set": [f"{k}={v}" for k, v in best[1].items()], "score": best[0], "per_seed": best[2],
-                      "points": {point_name(p): s for s, p, _ in scored}}
+                except DivergenceError as e:  # a point of the grid may diverge: it cannot be chosen
+                    log(f"{m} {point_name(point)} seed {seed}: {e}; scored as diverged (never chosen)")
+            s = (float(np.mean([r["global"]["accuracy"] for r in done[run_cfg.rounds - last:run_cfg.rounds]]))
+                 if done else float("nan"))
+            per_seed.append(s)
+            rows.append({"method": m, "point": point_name(point), "seed": seed, "score": s, "run": src})
+        mean = float(np.mean(per_seed))
+        return (mean if np.isfinite(mean) else float("-inf")), per_seed
+
+    for m in methods:
+        points = method_points(cfg, m, grid)
+        scored = {point_name(p): (*score(m, p), p) for p in points}
+        best_name = max(scored, key=lambda n: scored[n][0])  # the first of equal scores
+        grid_name = best_name
+        tried = {k: list(v) for k, v in grid.items() if k in points[0]}
+        widened: dict[str, float] = {}
+        for axis in tried:
+            for up in (False, True):
+                for _ in range(widen):
+                    current = scored[best_name][2]
+                    nums = [float(v) for v in tried[axis]]
+                    if float(current[axis]) != (max(nums) if up else min(nums)):
+                        break
+                    value = _outward(tried[axis], up)
+                    tried[axis].append(value)
+                    point = {**current, axis: value}
+                    scored[point_name(point)] = (*score(m, point), point)
+                    widened[point_name(point)] = scored[point_name(point)][0]
+                    if scored[point_name(point)][0] <= scored[best_name][0]:
+                        break  # the choice stays; the axis is no longer on the edge on this side
+                    best_name = point_name(point)
+        best = scored[best_name]
+        if not np.isfinite(best[0]):
+            raise PsflError(f"psfl tune: every point of {m} diverged; nothing to choose")
+        choices[m] = {"set": [f"{k}={v}" for k, v in best[2].items()], "score": best[0], "per_seed": best[1],
+                      "points": {n: _finite(s[0]) for n, s in scored.items()},
+                      "grid_set": [f"{k}={v}" for k, v in scored[grid_name][2].items()],
+                      "widened": {n: _finite(s) for n, s in widened.items()}, "on_edge": _on_edge(best[2], tried)}
     rows = [r for r in earlier_rows if r["method"] not in choices] + rows
     choices = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
     summary = {**budget,
                "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
                         f"{cfg.data.validation_samples} held-out training images",
+               **({"reuse": str(reuse)} if reuse is not None else {}),
                "choices": choices}
     with (out / "grid.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score"])
+        w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
         w.writeheader()
         w.writerows(rows)
     (out / "choices.json").write_text(json.dumps(summary, indent=2) + "\n")
     axes = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
     lines = [f"# Tuned on validation data: {summary['score']}", "",
              f"Grid (every method): {axes}; "
-             f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}.",
-             "", "| method | choice | score | every point |", "|---|---|---:|---|"]
+             f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
+             + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge" if widen else "")
+             + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
+             "|---|---|---:|---|---|---|"]
     for m, c in choices.items():
-        pts = "; ".join(f"{p}: {s:.3f}" for p, s in c["points"].items())
-        lines.append(f"| {m} | {' '.join(c['set']) or 'defaults'} | {c['score']:.3f} | {pts} |")
+        pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
+        grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
+        edge = ", ".join(c["on_edge"]) if "on_edge" in c else "not recorded"
+        lines.append(f"| {m} | {' '.join(c['set']) or 'defaults'} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
     (out / "choices.md").write_text("\n".join(lines) + "\n")
     return summary
