@@ -66,6 +66,8 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
     torch.manual_seed(5)
     torch.save({"arch": "cnn", "state_dict": create_classifier("cnn", 1, 10, 28).state_dict(), "num_classes": 10,
                 "in_chans": 1, "img_size": 28}, clf)
+    # scorer cnn seed 0 (the tiny run's loss classifier, cached) beside a loss classifier of seed 1
+    cnn_scorer_s0 = ["evaluator.seed=1", 'evaluator.score_arch="cnn"', "evaluator.score_seed=0"]
     return {
         "method": '"fedavg"', "seed": "1", "rounds": "2", "threads": "2",
         "data.dataset": '"mnist"', "data.source": '"npz"', "data.data_dir": f'"{data}"', "data.num_clients": "4",
@@ -99,10 +101,14 @@ def _sweep_values(tmp: Path, cache: Path) -> dict[str, object]:
         "server.secagg_threshold": "0.8",
         "privacy.clip": "0.5", "privacy.noise_multiplier": ("0.5", ["privacy.clip=0.5"]),
         "privacy.delta": ("1e-3", ["privacy.clip=0.5", "privacy.noise_multiplier=0.5"]),
-        # pairs share one training (the session cache keeps it): arch lenet and score seed 0
-        # both need lenet (seed 0), score arch cnn and seed 1 both need cnn (seed 1)
-        "evaluator.arch": '"lenet"', "evaluator.epochs": "2", "evaluator.seed": "1", "evaluator.checkpoint": f'"{clf}"',
-        "evaluator.score_arch": '"cnn"', "evaluator.score_epochs": "2", "evaluator.score_seed": "0",
+        # Every training of a classifier costs seconds (a lenet twice a cnn) and the cache is
+        # keyed by arch, epochs and seed, not by role, so the contexts make the group train
+        # two: cnn seed 1 and cnn 2 epochs; the loss classifier and the scorer of one run
+        # must differ in arch or seed (else it is refused), which the contexts keep in every run
+        "evaluator.arch": ('"lenet"', cnn_scorer_s0),  # lenet seed 1 = the tiny run's scorer (cached)
+        "evaluator.epochs": "2", "evaluator.seed": "1", "evaluator.checkpoint": f'"{clf}"',
+        "evaluator.score_arch": '"cnn"', "evaluator.score_epochs": ("2", cnn_scorer_s0),
+        "evaluator.score_seed": ("0", ['evaluator.arch="lenet"', "evaluator.seed=1", 'evaluator.score_arch="cnn"']),
         "evaluator.score_checkpoint": f'"{clf}"', "evaluator.cache_dir": f'"{_cache_copy(cache, tmp / "other-cache")}"',
         "method_options": "{psfl = {distill = false}}",
     }
