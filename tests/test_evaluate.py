@@ -2,6 +2,8 @@
 reconstruction metrics of Section V-B."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,37 @@ def test_load_evaluator_uses_cache_or_refuses(tmp_path, monkeypatch):
     for other in ({"epochs": 2}, {"epochs": 1, "seed": 1}, {"epochs": 1, "arch": "lenet"}):
         with pytest.raises(PsflError, match="psfl evaluator train"):
             load_evaluator("fashion_mnist", cache_dir=tmp_path, train_if_missing=False, **other)
+
+
+def test_a_second_process_waits_for_the_evaluator_the_first_trains(tmp_path, monkeypatch, capsys):
+    import shutil
+    import threading
+    import time
+
+    from psfl.utils.lock import wait_lock
+
+    ds = synthetic_dataset(64, 32)
+    monkeypatch.setattr("psfl.evaluate.evaluator._load", lambda *a: ds)
+    made = Path(load_evaluator("fashion_mnist", epochs=1, cache_dir=tmp_path / "a", progress=False).info.path)
+    other = tmp_path / "b"
+    other.mkdir()
+    capsys.readouterr()
+    got: list = []
+    # "another process" trains it into b: its lock is held, so the loader must wait, then
+    # read the file that appeared (flock locks open files, so a thread stands in for a process)
+    with wait_lock(other / (made.name + ".lock")):
+        t = threading.Thread(target=lambda: got.append(load_evaluator("fashion_mnist", epochs=1, cache_dir=other,
+                                                                      progress=False)))
+        t.start()
+        time.sleep(0.5)
+        for f in made.parent.glob(made.stem + ".*"):
+            shutil.copy(f, other / f.name)
+    t.join(60)
+    err = capsys.readouterr().err
+    assert got and "waiting for" in err and "training one" not in err
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(got[0](x), load_classifier_checkpoint(made)(x))
+    assert sorted(f.name for f in other.iterdir()) == sorted(f.name for f in made.parent.iterdir())  # no lock left
 
 
 def test_user_checkpoint_formats(tmp_path):

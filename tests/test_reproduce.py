@@ -251,7 +251,7 @@ def test_a_tuned_scale_gives_each_method_its_choice_without_renaming_the_runs(ex
 
 
 def test_run_lock_refuses_a_second_writer(tmp_path):
-    from psfl.runners.lock import RunLockedError, run_lock
+    from psfl.utils.lock import RunLockedError, run_lock
 
     with run_lock(tmp_path) as path:
         assert path.is_file() and str(__import__("os").getpid()) in path.read_text()

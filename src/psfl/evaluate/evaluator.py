@@ -261,10 +261,18 @@ def load_evaluator(dataset: str, source: str = "auto", data_dir: str | None = No
     if not train_if_missing:
         raise PsflError(f"no cached evaluator {path.name} in {path.parent}; train one with "
                         f"`psfl evaluator train --dataset {dataset} --input-preset {input_preset} --arch {arch}`")
-    print(f"psfl: no cached evaluator for {dataset}/{input_preset}/{arch}; training one "
-          f"({epochs} epochs, cached at {path})", file=sys.stderr)
-    return train_evaluator(dataset, source, data_dir, input_preset, arch, epochs, seed=seed,
-                           cache_dir=cache_dir, progress=progress, dataset_obj=ds, device=dev)
+    from psfl.utils.lock import wait_lock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # processes started together (psfl reproduce --jobs, psfl tune pieces, test workers)
+    # need the same evaluators: one trains each, the others wait and read it
+    with wait_lock(path.with_name(path.name + ".lock"), waiting=f"psfl: waiting for {path.name}"):
+        if path.is_file():
+            return load_classifier_checkpoint(path).to(dev)
+        print(f"psfl: no cached evaluator for {dataset}/{input_preset}/{arch}; training one "
+              f"({epochs} epochs, cached at {path})", file=sys.stderr)
+        return train_evaluator(dataset, source, data_dir, input_preset, arch, epochs, seed=seed,
+                               cache_dir=cache_dir, progress=progress, dataset_obj=ds, device=dev)
 
 
 def list_evaluators(cache_dir: str | Path | None = None) -> list[EvaluatorInfo]:

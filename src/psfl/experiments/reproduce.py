@@ -384,7 +384,7 @@ def execute(run: PlannedRun, progress: bool = True, device: Any = "cpu",
             log: Callable[[str], None] = print) -> str:
     """Run, resume or skip one planned run; returns what happened."""
     from psfl.runners.inprocess import resume_config, run_federated
-    from psfl.runners.lock import RunLockedError
+    from psfl.utils.lock import RunLockedError
 
     st = status(run)
     if st == "done":

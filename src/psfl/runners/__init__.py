@@ -1,5 +1,5 @@
 """Runners only orchestrate: they call a :class:`psfl.methods.FederatedMethod` round by round,
 in-process (:mod:`~psfl.runners.inprocess`, with checkpoint and resume) or on Flower
 (:mod:`~psfl.runners.flower`), and keep the run folder (:mod:`~psfl.runners.store`,
-:mod:`~psfl.runners.lock`). The layer above the methods: it may import the core and
+its lock, :mod:`psfl.utils.lock`). The layer above the methods: it may import the core and
 ``psfl.methods``, never experiments or the CLI."""

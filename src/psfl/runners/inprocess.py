@@ -29,7 +29,7 @@ from psfl.methods import METHODS, FederatedEnv, FederatedMethod, Upload, build_e
 from psfl.methods.base import ClientResult
 from psfl.methods.base import check_finite, check_state_finite, make_generator, run_dataset
 from psfl.methods.screen import screen_uploads
-from psfl.runners.lock import run_lock
+from psfl.utils.lock import run_lock
 from psfl.runners.store import CHECKPOINT, has_checkpoint, load_checkpoint, read_records, save_checkpoint
 
 METRICS = "metrics.jsonl"
