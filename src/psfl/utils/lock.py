@@ -14,7 +14,7 @@ import os
 import socket
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 from psfl.utils.errors import PsflError
 
@@ -59,7 +59,17 @@ def _acquire(path: Path, blocking: bool) -> int:
 
 
 @contextmanager
-def _held(path: Path, fd: int) -> Iterator[Path]:
+def _locked(path: Path, on_busy: Callable[[str], None]) -> Iterator[Path]:
+    """Hold ``path``'s flock for the ``with`` block. If another process holds it,
+    ``on_busy(holder)`` either raises or returns, and then the lock is waited for."""
+    if fcntl is None:  # pragma: no cover
+        yield path
+        return
+    try:
+        fd = _acquire(path, blocking=False)
+    except _Busy as e:
+        on_busy(e.holder)
+        fd = _acquire(path, blocking=True)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
@@ -70,39 +80,26 @@ def _held(path: Path, fd: int) -> Iterator[Path]:
         os.close(fd)  # closing releases the flock
 
 
-@contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold the run folder's lock for the duration of the ``with`` block."""
-    run_dir = Path(run_dir)
-    path = run_dir / LOCK
-    if fcntl is None:  # pragma: no cover
-        yield path
-        return
-    try:
-        fd = _acquire(path, blocking=False)
-    except _Busy as e:
-        raise RunLockedError(f"run folder {run_dir} is being written by {e.holder} (lock {path}); "
-                             "wait for it to finish or stop it first") from None
-    with _held(path, fd):
-        yield path
+def run_lock(run_dir: str | Path) -> ContextManager[Path]:
+    """Hold the run folder's lock for the duration of the ``with`` block; raises
+    :class:`RunLockedError` if another process holds it."""
+    path = Path(run_dir) / LOCK
+
+    def refuse(holder: str) -> None:
+        raise RunLockedError(f"run folder {run_dir} is being written by {holder} (lock {path}); "
+                             "wait for it to finish or stop it first")
+
+    return _locked(path, refuse)
 
 
-@contextmanager
-def wait_lock(path: str | Path, waiting: str = "") -> Iterator[Path]:
+def wait_lock(path: str | Path, waiting: str = "") -> ContextManager[Path]:
     """Hold the lock file ``path``, waiting while another process holds it (printing
     ``waiting`` once to stderr if it has to): one process does the work, the others
     then find it done."""
     import sys
 
-    path = Path(path)
-    if fcntl is None:  # pragma: no cover
-        yield path
-        return
-    try:
-        fd = _acquire(path, blocking=False)
-    except _Busy as e:
+    def wait(holder: str) -> None:
         if waiting:
-            print(f"{waiting} ({e.holder} holds {path})", file=sys.stderr)
-        fd = _acquire(path, blocking=True)
-    with _held(path, fd):
-        yield path
+            print(f"{waiting} ({holder} holds {path})", file=sys.stderr)
+
+    return _locked(Path(path), wait)
