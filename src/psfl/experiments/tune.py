@@ -260,7 +260,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
     for m, c in choices.items():
         pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
         grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
-        edge = ", ".join(c["on_edge"]) if "on_edge" in c else "not recorded"
+        edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
         lines.append(f"| {m} | {' '.join(c['set']) or 'defaults'} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
     (out / "choices.md").write_text("\n".join(lines) + "\n")
     return summary
