@@ -238,6 +238,8 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
                       "points": {n: _finite(s[0]) for n, s in scored.items()},
                       "grid_set": [f"{k}={v}" for k, v in scored[grid_name][2].items()],
                       "widened": {n: _finite(s) for n, s in widened.items()}, "on_edge": _on_edge(best[2], tried)}
+    # read again: another process on this folder may have written its methods meanwhile
+    earlier, earlier_rows = _earlier_choices(out, budget)
     rows = [r for r in earlier_rows if r["method"] not in choices] + rows
     choices = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
     summary = {**budget,
