@@ -137,6 +137,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
     from psfl.methods import METHODS, check_run_config
     from psfl.runners.inprocess import CONFIG, holds_results, read_records, run_federated
     from psfl.utils.errors import DivergenceError
+    from psfl.utils.lock import wait_lock
 
     if cfg.data.validation_samples <= 0:
         raise PsflError("psfl tune chooses on validation data: set data.validation_samples (e.g. 5000); "
@@ -238,31 +239,32 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
                       "points": {n: _finite(s[0]) for n, s in scored.items()},
                       "grid_set": [f"{k}={v}" for k, v in scored[grid_name][2].items()],
                       "widened": {n: _finite(s) for n, s in widened.items()}, "on_edge": _on_edge(best[2], tried)}
-    # read again: another process on this folder may have written its methods meanwhile
-    earlier, earlier_rows = _earlier_choices(out, budget)
-    rows = [r for r in earlier_rows if r["method"] not in choices] + rows
-    choices = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
-    summary = {**budget,
-               "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
-                        f"{cfg.data.validation_samples} held-out training images",
-               **({"reuse": str(reuse)} if reuse is not None else {}),
-               "choices": choices}
-    with (out / "grid.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
-        w.writeheader()
-        w.writerows(rows)
-    (out / "choices.json").write_text(json.dumps(summary, indent=2) + "\n")
-    axes = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
-    lines = [f"# Tuned on validation data: {summary['score']}", "",
-             f"Grid (every method): {axes}; "
-             f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
-             + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge" if widen else "")
-             + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
-             "|---|---|---:|---|---|---|"]
-    for m, c in choices.items():
-        pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
-        grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
-        edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
-        lines.append(f"| {m} | {' '.join(c['set']) or 'defaults'} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
-    (out / "choices.md").write_text("\n".join(lines) + "\n")
+    with wait_lock(out / ".choices.lock"):
+        # read again under the folder's lock: another process on it may have written its methods meanwhile
+        earlier, earlier_rows = _earlier_choices(out, budget)
+        rows = [r for r in earlier_rows if r["method"] not in choices] + rows
+        choices = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
+        summary = {**budget,
+                   "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
+                            f"{cfg.data.validation_samples} held-out training images",
+                   **({"reuse": str(reuse)} if reuse is not None else {}),
+                   "choices": choices}
+        with (out / "grid.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
+            w.writeheader()
+            w.writerows(rows)
+        (out / "choices.json").write_text(json.dumps(summary, indent=2) + "\n")
+        axes = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
+        lines = [f"# Tuned on validation data: {summary['score']}", "",
+                 f"Grid (every method): {axes}; "
+                 f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
+                 + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge" if widen else "")
+                 + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
+                 "|---|---|---:|---|---|---|"]
+        for m, c in choices.items():
+            pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
+            grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
+            edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
+            lines.append(f"| {m} | {' '.join(c['set']) or 'defaults'} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
+        (out / "choices.md").write_text("\n".join(lines) + "\n")
     return summary
