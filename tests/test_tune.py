@@ -74,7 +74,8 @@ def test_widen_steps_past_the_grid_edge_reusing_the_grids_runs(tmp_path, cache, 
     assert list(c["widened"]) == [outward] and c["grid_set"] == first["set"] and res["widen"] == 1
     # the grid's points were read from the reused folder, not run again; the new one ran here
     assert sorted(p.name for p in (wide / "fedavg").iterdir()) == [outward]
-    recs = [json.loads(line) for line in (wide / "fedavg" / outward / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    metrics = wide / "fedavg" / outward / "seed0" / "metrics.jsonl"
+    recs = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert c["widened"][outward] == pytest.approx(sum(r["global"]["accuracy"] for r in recs[-2:]) / 2)
     assert c["points"] == {**first["points"], outward: c["widened"][outward]}
     assert c["set"] == [max(c["points"], key=lambda k: (c["points"][k], k in first["set"]))]

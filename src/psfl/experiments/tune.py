@@ -258,13 +258,15 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         lines = [f"# Tuned on validation data: {summary['score']}", "",
                  f"Grid (every method): {axes}; "
                  f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
-                 + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge" if widen else "")
+                 + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge"
+                    if widen else "")
                  + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
                  "|---|---|---:|---|---|---|"]
         for m, c in choices.items():
             pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
             grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
             edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
-            lines.append(f"| {m} | {' '.join(c['set']) or 'defaults'} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
+            choice = " ".join(c["set"]) or "defaults"
+            lines.append(f"| {m} | {choice} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
         (out / "choices.md").write_text("\n".join(lines) + "\n")
     return summary
