@@ -81,6 +81,17 @@ def test_widen_steps_past_the_grid_edge_reusing_the_grids_runs(tmp_path, cache, 
     assert c["set"] == [max(c["points"], key=lambda k: (c["points"][k], k in first["set"]))]
     assert c["on_edge"] == (["train.lr"] if c["set"] == [outward] else [])
     assert "| fedavg |" in (wide / "choices.md").read_text()
+    # widening further reads both earlier folders (grid, then the first widening): only the
+    # value past the first widening's can run here, and only if that widening moved the choice
+    wider = tmp_path / "wider"
+    assert main(base + ["--out", str(wider), "--widen", "2", "--reuse", str(grid_dir), "--reuse", str(wide)]
+                + over) == 0
+    c2 = json.loads((wider / "choices.json").read_text())["choices"]["fedavg"]
+    ran = sorted(p.name for p in (wider / "fedavg").iterdir()) if (wider / "fedavg").exists() else []
+    assert ran == sorted(set(c2["points"]) - set(c["points"])) and len(ran) == (c["set"] == [outward])
+    assert {k: v for k, v in c2["points"].items() if k in c["points"]} == c["points"]
+    runs = {r.split(",")[1]: r.split(",")[-1] for r in (wider / "grid.csv").read_text().splitlines()[1:]}
+    assert runs[outward].startswith(str(wide)) and runs[first["set"][0]].startswith(str(grid_dir))
     # a reused run must hold the point's config: another local_steps is refused, not scored
     cfgfile = grid_dir / "fedavg" / first["set"][0] / "seed0" / "config.toml"
     cfgfile.write_text(cfgfile.read_text().replace("local_steps = ", "local_steps = 1"))

@@ -22,8 +22,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widen", type=int, default=0, metavar="N",
                    help="where the choice sits on the grid's edge, try up to N more values outward per side "
                         "(the grid's ratio), one axis at a time, the same for every method (default 0)")
-    p.add_argument("--reuse", metavar="DIR",
-                   help="an earlier psfl tune folder whose finished runs (same config) stand in for this call's")
+    p.add_argument("--reuse", metavar="DIR", action="append", default=[],
+                   help="an earlier psfl tune folder whose finished runs (same config) stand in for this call's "
+                        "(repeatable: the first folder holding a point's run is used)")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
 
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
         raise PsflError(f"--seeds {args.seeds!r}: a comma list of integers") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     tune(cfg, methods, parse_grid(args.grid), seeds, Path(args.out), args.last, progress=not args.no_progress,
-         device=resolve_device(args.device), widen=args.widen, reuse=Path(args.reuse) if args.reuse else None)
+         device=resolve_device(args.device), widen=args.widen, reuse=[Path(r) for r in args.reuse])
     print((Path(args.out) / "choices.md").read_text())
     return 0

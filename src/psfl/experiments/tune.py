@@ -23,9 +23,10 @@ higher. Every method goes through the same steps. The choice then records ``grid
 (the grid's own choice), the extra ``widened`` points and ``on_edge`` (the axes where it
 still sits on the edge of what was tried: a wider search may still move it).
 
-``reuse`` names another tune folder whose finished runs stand in for this call's (read,
-never written; each one's stored config must equal the point's, or it is refused), so
-that widening an earlier grid re-runs none of its points. Every run a score rests on
+``reuse`` names other tune folders whose finished runs stand in for this call's (read,
+never written; the first folder holding the point's run is used; each one's stored config
+must equal the point's, or it is refused), so that widening an earlier grid (or an earlier
+widening of it, with a larger ``widen``) re-runs none of its points. Every run a score rests on
 must hold the stored config of its point: a finished run made with another config is
 refused, never scored.
 """
@@ -130,7 +131,7 @@ def _on_edge(point: dict[str, str], tried: dict[str, list[str]]) -> list[str]:
 
 
 def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], seeds: Sequence[int], out: Path,
-         last: int = 5, progress: bool = True, device: Any = "cpu", widen: int = 0, reuse: Path | None = None,
+         last: int = 5, progress: bool = True, device: Any = "cpu", widen: int = 0, reuse: Sequence[Path] = (),
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the grid for every method (module docstring); returns the choices."""
     from psfl.experiments.reproduce import IGNORED_FIELDS
@@ -154,16 +155,16 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
     budget = {"grid": grid, "seeds": list(seeds), "rounds": cfg.rounds, "last": last,
               "local_steps": cfg.train.local_steps, "validation_samples": cfg.data.validation_samples,
               "widen": widen}
-    if reuse is not None:
-        reuse = Path(reuse)
-        if reuse.resolve() == Path(out).resolve():
+    reuse = [Path(r) for r in reuse]
+    for r in reuse:
+        if r.resolve() == Path(out).resolve():
             raise PsflError("--reuse names the --out folder itself; its finished runs are kept anyway")
-        if not (reuse / "choices.json").is_file():
-            raise PsflError(f"--reuse {reuse}: no choices.json there (not a psfl tune folder)")
-        theirs = json.loads((reuse / "choices.json").read_text())
+        if not (r / "choices.json").is_file():
+            raise PsflError(f"--reuse {r}: no choices.json there (not a psfl tune folder)")
+        theirs = json.loads((r / "choices.json").read_text())
         differ = [k for k in _BUDGET_KEYS if k != "widen" and theirs.get(k) != budget[k]]
         if differ:
-            raise PsflError(f"--reuse {reuse}: its runs were made with another {', '.join(differ)}")
+            raise PsflError(f"--reuse {r}: its runs were made with another {', '.join(differ)}")
     out.mkdir(parents=True, exist_ok=True)
     earlier, earlier_rows = _earlier_choices(out, budget)  # refused before any run
     rows: list[dict[str, Any]] = []
@@ -192,8 +193,12 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
                                                    base=copy.deepcopy(cfg)))
             where = Path(m) / point_name(point) / f"seed{seed}"
             run_dir = out / where
-            done = finished(reuse / where, run_cfg) if reuse is not None and not holds_results(run_dir) else []
-            src = str(reuse / where) if done else str(run_dir)
+            done, src = [], str(run_dir)
+            for r in ([] if holds_results(run_dir) else reuse):
+                done = finished(r / where, run_cfg)
+                if done:
+                    src = str(r / where)
+                    break
             done = done or finished(run_dir, run_cfg)
             if not done:
                 log(f"{'resume' if holds_results(run_dir) else 'start'} {m} {point_name(point)} seed {seed}")
@@ -247,7 +252,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         summary = {**budget,
                    "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
                             f"{cfg.data.validation_samples} held-out training images",
-                   **({"reuse": str(reuse)} if reuse is not None else {}),
+                   **({"reuse": [str(r) for r in reuse]} if reuse else {}),
                    "choices": choices}
         with (out / "grid.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
