@@ -43,7 +43,7 @@ def test_tune_chooses_the_best_validation_point_and_refuses_the_test_split(tmp_p
     assert "| fedavg |" in (tmp_path / "choices.md").read_text() and res["validation_samples"] == 570
 
 
-def test_tune_adds_a_later_calls_methods_and_refuses_another_budget(tmp_path, cache):
+def test_tune_adds_a_later_calls_methods_and_refuses_another_budget(tmp_path, cache, monkeypatch):
     over = [a for o in tiny_overrides(cache, rounds=2, method="fedavg") for a in ("--set", o)]
     over += ["--set", "data.validation_samples=570"]
     base = ["tune", "--grid", "train.lr=0.003,0.05", "--last", "2", "--out", str(tmp_path), "--no-progress"]
@@ -55,6 +55,24 @@ def test_tune_adds_a_later_calls_methods_and_refuses_another_budget(tmp_path, ca
     rows = (tmp_path / "grid.csv").read_text().splitlines()
     assert sum(r.startswith("fedavg,") for r in rows) == 2 and sum(r.startswith("fedavg-csc,") for r in rows) == 1
     assert "| fedavg |" in (tmp_path / "choices.md").read_text()
+    # two processes finishing together: the other one writes its methods after this one
+    # scored and before it takes the folder's lock; both must be kept (every run is finished
+    # by now, so these calls only score)
+    import psfl.utils.lock as lock
+
+    real, others = lock.wait_lock, []
+
+    def meanwhile(path, waiting=""):
+        if path.name == ".choices.lock" and not others:
+            others.append(None)  # once: the other process's own call takes the lock plainly
+            others[0] = main(base + ["--methods", "fedavg-csc"] + over)  # writes fedavg-csc alone
+        return real(path, waiting)
+
+    (tmp_path / "choices.json").unlink()
+    monkeypatch.setattr(lock, "wait_lock", meanwhile)
+    assert main(base + ["--methods", "fedavg"] + over) == 0 and others == [0]
+    assert json.loads((tmp_path / "choices.json").read_text())["choices"] == res["choices"]
+    monkeypatch.setattr(lock, "wait_lock", real)
     assert main(base[:-1] + ["--last", "1", "--no-progress", "--methods", "stc"] + over) == 2  # other budget
     assert not (tmp_path / "stc").exists()  # refused before any run
 
