@@ -282,3 +282,31 @@ def test_pixel_variance_is_the_unbiased_variance_on_any_thread_count():
         torch.set_num_threads(was)
     assert len(set(got)) == 1, got
     assert got[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_trivial_baselines_equal_a_hand_computation_and_are_computed_once_per_split():
+    """Per-image PSNR of the constant, dataset-mean and class-mean reconstructions, averaged
+    (numpy float64, written out here), on [0, 1] images; and the training statistics of a
+    prepared split are made once, then shared by every run that uses the split."""
+    from psfl.data.preprocess import PreparedData
+    from psfl.evaluate.baselines import statistics_of, train_statistics, trivial_baselines
+
+    g = torch.Generator().manual_seed(3)
+    x_train, y_train = torch.rand(40, 1, 8, 8, generator=g), torch.arange(40) % 3
+    x_train[y_train == 1] *= 0.5  # classes with different means
+    x_test, y_test = torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 1, 0, 2])
+    xt, xs = x_train.double().numpy(), x_test.double().numpy()
+    cls = np.stack([xt[y_train.numpy() == k].mean(0) for k in range(3)])
+
+    def psnr(pred):
+        mse = ((pred - xs) ** 2).reshape(len(xs), -1).mean(1)
+        return float(np.mean(10 * np.log10(1 / mse)))
+
+    stats = train_statistics(x_train, y_train, 3)
+    got = trivial_baselines(stats, x_test, y_test)
+    assert got["constant"]["psnr"] == pytest.approx(psnr(np.full_like(xs, xt.mean())), abs=1e-4)
+    assert got["dataset_mean"]["psnr"] == pytest.approx(psnr(np.broadcast_to(xt.mean(0), xs.shape)), abs=1e-4)
+    assert got["class_mean"]["psnr"] == pytest.approx(psnr(cls[y_test.numpy()]), abs=1e-4)
+    prepared = PreparedData("t", x_train, y_train, x_test, y_test, None, 3)  # input None: [0, 1] already
+    assert statistics_of(prepared) is statistics_of(prepared)
+    assert torch.equal(statistics_of(prepared).class_mean, stats.class_mean)

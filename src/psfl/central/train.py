@@ -297,9 +297,9 @@ def run_central(cfg: CentralConfig, out_dir: str | Path, progress: bool = True, 
                                     loss_classifier=evaluator, mse_scale=mse_scale)
         table.append({"snr_db": float(snr), **m})
     clean = classifier_accuracy(scorer, x_test, y_test)
-    from psfl.evaluate.baselines import trivial_baselines
+    from psfl.evaluate.baselines import statistics_of, trivial_baselines
 
-    baselines = trivial_baselines(prepared.x_train, prepared.y_train, x_test, y_test, ds.num_classes, res)
+    baselines = trivial_baselines(statistics_of(prepared), x_test, y_test, res)
     config = {**asdict(cfg), "input_preset": res.name, "dataset_fingerprint": ds.fingerprint(),
               "dataset_source": ds.source, "mse_scale": mse_scale}
     ckpt = save_model_checkpoint(model, out / "model.pt", config=config)

@@ -13,6 +13,8 @@ scores models.
 """
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,22 +40,52 @@ def _scores(pred: Tensor, target: Tensor) -> dict[str, float]:
     return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute())}
 
 
+@dataclass(frozen=True)
+class TrainStatistics:
+    """What the baselines and the MSE scale read of a training split, in [0, 1] pixels."""
+
+    mean_pixel: float  # the best constant in MSE
+    mean_image: Tensor  # (C, H, W)
+    class_mean: Tensor  # (K, C, H, W); a class without images is all zeros
+    variance: float  # :func:`pixel_variance`
+
+
 @torch.no_grad()
-def trivial_baselines(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
-                      input: Any = None) -> dict[str, dict[str, float]]:
-    """PSNR (dB) and SSIM of the three trivial reconstructions of ``x_test`` (model-space
-    tensors ``(N, C, H, W)``; ``input`` de-normalises them, None = already [0, 1])."""
+def train_statistics(x_train: Tensor, y_train: Tensor, num_classes: int, input: Any = None) -> TrainStatistics:
+    """The training split's statistics (model-space ``x_train``; ``input`` de-normalises)."""
     train = to_unit_range(x_train.float(), input)  # (N, C, H, W)
-    test = to_unit_range(x_test.float(), input)  # (M, C, H, W)
-    mean_img = train.mean(0)  # (C, H, W)
     class_sum = torch.zeros((num_classes, *train.shape[1:]), dtype=torch.float64)
     class_sum.index_add_(0, y_train, train.double())
     counts = torch.bincount(y_train, minlength=num_classes).clamp_min(1).double().view(-1, 1, 1, 1)
-    class_mean = (class_sum / counts).float()  # (K, C, H, W)
+    return TrainStatistics(float(train.mean()), train.mean(0), (class_sum / counts).float(),
+                           pixel_variance(x_train, input))
+
+
+_OF_PREPARED: "weakref.WeakKeyDictionary[Any, TrainStatistics]" = weakref.WeakKeyDictionary()
+
+
+def statistics_of(prepared: Any) -> TrainStatistics:
+    """:func:`train_statistics` of a :class:`psfl.data.PreparedData`, computed once per
+    object: runs in one process (a sweep, a test session) share the prepared tensors
+    (``psfl.data.prepare`` caches them), so they share these too. The tensors are never
+    written in place, so the cached values stay those of the object."""
+    if prepared not in _OF_PREPARED:
+        _OF_PREPARED[prepared] = train_statistics(prepared.x_train, prepared.y_train, prepared.num_classes,
+                                                  prepared.input)
+    return _OF_PREPARED[prepared]
+
+
+@torch.no_grad()
+def trivial_baselines(stats: TrainStatistics, x_test: Tensor, y_test: Tensor,
+                      input: Any = None) -> dict[str, dict[str, float]]:
+    """PSNR (dB) and SSIM of the three trivial reconstructions of ``x_test`` (model-space
+    tensors ``(N, C, H, W)``; ``input`` de-normalises them, None = already [0, 1]) from
+    the training split's ``stats``."""
+    test = to_unit_range(x_test.float(), input)  # (M, C, H, W)
     preds = {
-        "constant": torch.full_like(test, float(train.mean())),
-        "dataset_mean": mean_img.expand_as(test),
-        "class_mean": class_mean[y_test],
+        "constant": torch.full_like(test, stats.mean_pixel),
+        "dataset_mean": stats.mean_image.expand_as(test),
+        "class_mean": stats.class_mean[y_test],
     }
     return {name: _scores(preds[name].contiguous(), test) for name in BASELINES}
 

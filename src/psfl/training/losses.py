@@ -39,15 +39,14 @@ def task_loss(out: SCOutput, x: Tensor, y: Tensor, evaluator: nn.Module, mse_sca
     return task_loss_terms(logits, out.x_hat, x, y, mse_scale, ce_weight)
 
 
-def mse_scale_for(prepared: Any, weight: float = 1.0, space: str = "standardized",
-                  variance: float | None = None) -> float:
+def mse_scale_for(prepared: Any, weight: float = 1.0, space: str = "standardized") -> float:
     """Factor on the model-space MSE(m, m_hat) of Eqs. 15/16 (``train.mse_weight``,
     ``train.mse_space``). ``unit``: MSE of [0, 1] pixels times ``weight``;
     ``standardized``: that MSE divided by the training set's pixel variance (the MSE of
-    z-scored images: 1.0 means "as bad as predicting the mean pixel"); ``variance``: that
-    variance when the caller already has it (:func:`psfl.evaluate.baselines.pixel_variance`
-    of ``prepared.x_train``)."""
-    from psfl.evaluate.baselines import pixel_variance
+    z-scored images: 1.0 means "as bad as predicting the mean pixel";
+    :func:`psfl.evaluate.baselines.pixel_variance` of ``prepared.x_train``, computed once
+    per prepared split)."""
+    from psfl.evaluate.baselines import statistics_of
 
     if space not in ("standardized", "unit"):
         raise PsflError(f"mse space must be 'standardized' or 'unit', got {space!r}")
@@ -56,5 +55,5 @@ def mse_scale_for(prepared: Any, weight: float = 1.0, space: str = "standardized
     if space == "unit":
         var = 1.0
     else:
-        var = pixel_variance(prepared.x_train, res) if variance is None else variance
+        var = statistics_of(prepared).variance
     return float(weight * std2 / var)
