@@ -287,9 +287,10 @@ def test_pixel_variance_is_the_unbiased_variance_on_any_thread_count():
 def test_trivial_baselines_equal_a_hand_computation_and_are_computed_once_per_split():
     """Per-image PSNR of the constant, dataset-mean and class-mean reconstructions, averaged
     (numpy float64, written out here), on [0, 1] images; and the training statistics of a
-    prepared split are made once, then shared by every run that uses the split."""
+    prepared split are made once, then shared by every run that uses the split, as are the
+    baselines of each test subset (another subset gets its own)."""
     from psfl.data.preprocess import PreparedData
-    from psfl.evaluate.baselines import statistics_of, train_statistics, trivial_baselines
+    from psfl.evaluate.baselines import baselines_of, statistics_of, train_statistics, trivial_baselines
 
     g = torch.Generator().manual_seed(3)
     x_train, y_train = torch.rand(40, 1, 8, 8, generator=g), torch.arange(40) % 3
@@ -310,3 +311,6 @@ def test_trivial_baselines_equal_a_hand_computation_and_are_computed_once_per_sp
     prepared = PreparedData("t", x_train, y_train, x_test, y_test, None, 3)  # input None: [0, 1] already
     assert statistics_of(prepared) is statistics_of(prepared)
     assert torch.equal(statistics_of(prepared).class_mean, stats.class_mean)
+    idx = torch.tensor([1, 4])
+    assert baselines_of(prepared, idx) == trivial_baselines(stats, x_test[idx], y_test[idx]) != got
+    assert baselines_of(prepared, idx) == baselines_of(prepared, idx) != baselines_of(prepared, torch.tensor([0, 2]))

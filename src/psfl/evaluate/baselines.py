@@ -13,6 +13,7 @@ scores models.
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,16 @@ def train_statistics(x_train: Tensor, y_train: Tensor, num_classes: int, input: 
                            pixel_variance(x_train, input))
 
 
-_OF_PREPARED: "weakref.WeakKeyDictionary[Any, TrainStatistics]" = weakref.WeakKeyDictionary()
+# per prepared split: its statistics and the baselines of each test subset scored so far
+_OF_PREPARED: "weakref.WeakKeyDictionary[Any, tuple[TrainStatistics, dict[bytes, dict]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _derived(prepared: Any) -> tuple[TrainStatistics, dict[bytes, dict]]:
+    if prepared not in _OF_PREPARED:
+        _OF_PREPARED[prepared] = (train_statistics(prepared.x_train, prepared.y_train, prepared.num_classes,
+                                                   prepared.input), {})
+    return _OF_PREPARED[prepared]
 
 
 def statistics_of(prepared: Any) -> TrainStatistics:
@@ -69,10 +79,17 @@ def statistics_of(prepared: Any) -> TrainStatistics:
     object: runs in one process (a sweep, a test session) share the prepared tensors
     (``psfl.data.prepare`` caches them), so they share these too. The tensors are never
     written in place, so the cached values stay those of the object."""
-    if prepared not in _OF_PREPARED:
-        _OF_PREPARED[prepared] = train_statistics(prepared.x_train, prepared.y_train, prepared.num_classes,
-                                                  prepared.input)
-    return _OF_PREPARED[prepared]
+    return _derived(prepared)[0]
+
+
+def baselines_of(prepared: Any, idx: Tensor) -> dict[str, dict[str, float]]:
+    """:func:`trivial_baselines` of the test images ``prepared.x_test[idx]``, computed once
+    per (prepared split, subset) in a process (a copy: the caller may change it)."""
+    stats, done = _derived(prepared)
+    key = np.asarray(idx, dtype=np.int64).tobytes()
+    if key not in done:
+        done[key] = trivial_baselines(stats, prepared.x_test[idx], prepared.y_test[idx], prepared.input)
+    return copy.deepcopy(done[key])
 
 
 @torch.no_grad()

@@ -367,7 +367,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     from psfl import data as D
     from psfl.channel import create_channel
     from psfl.evaluate import load_evaluator
-    from psfl.evaluate.baselines import statistics_of, trivial_baselines
+    from psfl.evaluate.baselines import baselines_of, statistics_of
     from psfl.models import MODELS
     from psfl.training.losses import mse_scale_for
 
@@ -408,8 +408,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     idx = torch.randperm(n_test, generator=make_generator(cfg.seed, 0x7E57))[:k].sort().values
     x_test, y_test = prepared.x_test[idx], prepared.y_test[idx]
     res = prepared.input
-    stats = statistics_of(prepared)
-    var = stats.variance
+    var = statistics_of(prepared).variance
     mse_scale = mse_scale_for(prepared, cfg.train.mse_weight, cfg.train.mse_space)
     channel = create_channel(cfg.channel.name, **channel_kwargs(cfg.channel))
 
@@ -426,7 +425,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
         "evaluators": {"loss_classifier": clf_record(loss_clf, "inside the task loss (Eqs. 15/16)"),
                        "scorer": clf_record(scorer, "independent: headline accuracy")},
         "mse_scale": mse_scale, "pixel_variance": var,
-        "baselines": trivial_baselines(stats, x_test, y_test, res),
+        "baselines": baselines_of(prepared, idx),
         "global_test_images": int(k),
     }
     return FederatedEnv(
