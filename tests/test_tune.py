@@ -1,5 +1,6 @@
 """psfl tune: one grid for every method, scored on held-out training images only."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,11 +82,19 @@ def test_widen_steps_past_the_grid_edge_reusing_the_grids_runs(tmp_path, cache, 
     over = [a for o in tiny_overrides(cache, rounds=2, method="fedavg") for a in ("--set", o)]
     over += ["--set", "data.validation_samples=570"]
     base = ["tune", "--methods", "fedavg", "--grid", "train.lr=0.003,0.01", "--last", "2", "--no-progress"]
-    grid_dir, wide = tmp_path / "grid", tmp_path / "wide"
-    assert main(base + ["--out", str(grid_dir)] + over) == 0
+    grid_dir, wide, kept = tmp_path / "grid", tmp_path / "wide", tmp_path / "evaluators"
+    assert main(base + ["--out", str(grid_dir), "--evaluators", str(kept)] + over) == 0
+    prov = json.loads(next(grid_dir.glob("fedavg/*/seed0/provenance.json")).read_text())["evaluators"]
+    used = sorted(Path(e["path"]).name for e in prov.values())
+    assert sorted(p.name for p in kept.glob("*.pt")) == used  # the scored runs' evaluators, kept
     first = json.loads((grid_dir / "choices.json").read_text())["choices"]["fedavg"]
     assert first["on_edge"] == ["train.lr"] and first["widened"] == {}  # two values: always on an edge
-    assert main(base + ["--out", str(wide), "--widen", "1", "--reuse", str(grid_dir)] + over) == 0
+    # on a machine whose cache lacks them, the kept evaluators go into it before the new run
+    fresh = tmp_path / "fresh-cache"
+    capsys.readouterr()
+    assert main(base + ["--out", str(wide), "--widen", "1", "--reuse", str(grid_dir), "--evaluators", str(kept)]
+                + over + ["--set", f"evaluator.cache_dir='{fresh}'"]) == 0
+    assert sorted(p.name for p in fresh.glob("*.pt")) == used and "training one" not in capsys.readouterr().err
     res = json.loads((wide / "choices.json").read_text())
     c = res["choices"]["fedavg"]
     outward = {"train.lr=0.003": "train.lr=0.0009", "train.lr=0.01": "train.lr=0.03333"}[first["set"][0]]
@@ -94,6 +103,8 @@ def test_widen_steps_past_the_grid_edge_reusing_the_grids_runs(tmp_path, cache, 
     assert sorted(p.name for p in (wide / "fedavg").iterdir()) == [outward]
     metrics = wide / "fedavg" / outward / "seed0" / "metrics.jsonl"
     recs = [json.loads(line) for line in metrics.read_text().splitlines()]
+    new = json.loads((metrics.parent / "provenance.json").read_text())["evaluators"]
+    assert [e["weights_blake2b"] for e in new.values()] == [e["weights_blake2b"] for e in prov.values()]
     assert c["widened"][outward] == pytest.approx(sum(r["global"]["accuracy"] for r in recs[-2:]) / 2)
     assert c["points"] == {**first["points"], outward: c["widened"][outward]}
     assert c["set"] == [max(c["points"], key=lambda k: (c["points"][k], k in first["set"]))]

@@ -25,6 +25,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse", metavar="DIR", action="append", default=[],
                    help="an earlier psfl tune folder whose finished runs (same config) stand in for this call's "
                         "(repeatable: the first folder holding a point's run is used)")
+    p.add_argument("--evaluators", metavar="DIR",
+                   help="folder of kept evaluators: they go into the evaluator cache before any run, and the "
+                        "ones the scored runs used are copied there (commit it with the runs)")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
 
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise PsflError(f"--seeds {args.seeds!r}: a comma list of integers") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     tune(cfg, methods, parse_grid(args.grid), seeds, Path(args.out), args.last, progress=not args.no_progress,
-         device=resolve_device(args.device), widen=args.widen, reuse=[Path(r) for r in args.reuse])
+         device=resolve_device(args.device), widen=args.widen, reuse=[Path(r) for r in args.reuse],
+         evaluators=Path(args.evaluators) if args.evaluators else None)
     print((Path(args.out) / "choices.md").read_text())
     return 0

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -326,6 +326,31 @@ def keep_evaluators(used: dict[str, str | None], folder: str | Path) -> tuple[li
         _copy_with_sidecar(p, dst)
         copied.append(p.name)
     return copied, notes
+
+
+def share_evaluators(folder: str | Path, cache_dirs: Iterable[str | Path | None], provenances: Iterable[Path],
+                     log: Callable[[str], None], who: str = "psfl") -> None:
+    """Keep a folder of evaluators (e.g. ``results/evaluators``) in step with runs: the
+    ones kept there go into each of ``cache_dirs`` (None: the default cache) where it
+    lacks them (:func:`seed_cache`), and the ones that the runs' ``provenances``
+    (``provenance.json`` paths; missing ones are skipped) record are copied there
+    (:func:`keep_evaluators`), to be committed with the runs they scored."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for cache in dict.fromkeys(cache_dirs):
+            for name in seed_cache(folder, cache):
+                log(f"{who}: evaluator {name} from {folder}")
+    used: dict[str, str | None] = {}
+    for prov in provenances:
+        if prov.is_file():
+            for e in json.loads(prov.read_text()).get("evaluators", {}).values():
+                if e.get("path"):
+                    used.setdefault(e["path"], e.get("weights_blake2b"))
+    copied, notes = keep_evaluators(used, folder)
+    for name in copied:
+        log(f"{who}: kept evaluator {name} in {folder} (commit it with the runs)")
+    for note in notes:
+        log(f"{who}: {note}")
 
 
 def _copy_with_sidecar(pt: Path, folder: Path) -> None:

@@ -521,24 +521,10 @@ def _share_evaluators(folder: Path, runs: Sequence[PlannedRun], scale: Scale, da
                       extra: Sequence[str], log: Callable[[str], None]) -> None:
     """Kept evaluators of ``folder`` -> each dataset's evaluator cache; the evaluators the
     runs that have a ``provenance.json`` used -> ``folder`` (see :func:`reproduce`)."""
-    from psfl.evaluate.evaluator import keep_evaluators, seed_cache
+    from psfl.evaluate.evaluator import share_evaluators
 
-    if folder.is_dir():
-        for cache in dict.fromkeys(base_config(scale, ds, extra).evaluator.cache_dir or None for ds in datasets):
-            for name in seed_cache(folder, cache):
-                log(f"psfl reproduce: evaluator {name} from {folder}")
-    used: dict[str, str | None] = {}
-    for r in runs:
-        prov = r.path / "provenance.json"
-        if prov.is_file():
-            for e in json.loads(prov.read_text()).get("evaluators", {}).values():
-                if e.get("path"):
-                    used.setdefault(e["path"], e.get("weights_blake2b"))
-    copied, notes = keep_evaluators(used, folder)
-    for name in copied:
-        log(f"psfl reproduce: kept evaluator {name} in {folder} (commit it with the runs)")
-    for note in notes:
-        log(f"psfl reproduce: {note}")
+    share_evaluators(folder, (base_config(scale, ds, extra).evaluator.cache_dir or None for ds in datasets),
+                     (r.path / "provenance.json" for r in runs), log, who="psfl reproduce")
 
 
 def figure_input(exp: Experiment, scale: Scale, runs: Sequence[PlannedRun], skipped: dict[str, str],

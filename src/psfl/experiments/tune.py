@@ -29,6 +29,11 @@ must equal the point's, or it is refused), so that widening an earlier grid (or 
 widening of it, with a larger ``widen``) re-runs none of its points. Every run a score rests on
 must hold the stored config of its point: a finished run made with another config is
 refused, never scored.
+
+``evaluators`` (a folder, as for ``psfl reproduce``): the classifiers kept there go into
+the evaluator cache before any run, and the ones every scored run used are copied there
+afterwards, so that a grid finished on another machine trains against and is scored by
+the same classifiers (two trainings on different CPUs drift apart).
 """
 from __future__ import annotations
 
@@ -132,8 +137,9 @@ def _on_edge(point: dict[str, str], tried: dict[str, list[str]]) -> list[str]:
 
 def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], seeds: Sequence[int], out: Path,
          last: int = 5, progress: bool = True, device: Any = "cpu", widen: int = 0, reuse: Sequence[Path] = (),
-         log: Callable[[str], None] = print) -> dict[str, Any]:
+         evaluators: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the grid for every method (module docstring); returns the choices."""
+    from psfl.evaluate.evaluator import share_evaluators
     from psfl.experiments.reproduce import IGNORED_FIELDS
     from psfl.methods import METHODS, check_run_config
     from psfl.runners.inprocess import CONFIG, holds_results, read_records, run_federated
@@ -167,6 +173,8 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
             raise PsflError(f"--reuse {r}: its runs were made with another {', '.join(differ)}")
     out.mkdir(parents=True, exist_ok=True)
     earlier, earlier_rows = _earlier_choices(out, budget)  # refused before any run
+    if evaluators is not None:  # every machine the grid is run on trains and scores with the same ones
+        share_evaluators(evaluators, [cfg.evaluator.cache_dir or None], (), log, who="psfl tune")
     rows: list[dict[str, Any]] = []
     choices: dict[str, Any] = {}
 
@@ -274,4 +282,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
             choice = " ".join(c["set"]) or "defaults"
             lines.append(f"| {m} | {choice} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
         (out / "choices.md").write_text("\n".join(lines) + "\n")
+    if evaluators is not None:
+        # the evaluators of every run a score rests on (reused folders' runs included)
+        share_evaluators(evaluators, (), (Path(r["run"]) / "provenance.json" for r in rows), log, who="psfl tune")
     return summary
