@@ -76,6 +76,16 @@ def test_tune_adds_a_later_calls_methods_and_refuses_another_budget(tmp_path, ca
     monkeypatch.setattr(lock, "wait_lock", real)
     assert main(base[:-1] + ["--last", "1", "--no-progress", "--methods", "stc"] + over) == 2  # other budget
     assert not (tmp_path / "stc").exists()  # refused before any run
+    # a call stopped in its second method keeps the first one's choice
+    import psfl.runners.inprocess as inprocess
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    (tmp_path / "choices.json").unlink()
+    monkeypatch.setattr(inprocess, "run_federated", stopped)
+    assert main(base + ["--methods", "fedavg,stc"] + over) not in (0, None)  # Ctrl-C: main says "interrupted"
+    assert list(json.loads((tmp_path / "choices.json").read_text())["choices"]) == ["fedavg"]
 
 
 def test_widen_steps_past_the_grid_edge_reusing_the_grids_runs(tmp_path, cache, capsys):

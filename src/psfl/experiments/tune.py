@@ -11,7 +11,8 @@ is left at its default for that method, so its grid is the grid's other axes.
 Outputs in ``OUT``: one run folder per (method, point, seed) (resumable: a finished run is
 kept, an interrupted one resumed), ``grid.csv`` (every point's score per seed),
 ``choices.json`` (per method: the chosen overrides, its score, the grid, the budget) and
-``choices.md``. A later call on the same ``OUT`` with the same grid and budget adds its
+``choices.md``, written as each method's points are all scored (an interrupted call keeps
+the methods it finished). A later call on the same ``OUT`` with the same grid and budget adds its
 methods to these (so the grid can be run piecewise, disjoint ``--methods`` per process);
 one with another grid or budget is refused.
 
@@ -135,6 +136,38 @@ def _on_edge(point: dict[str, str], tried: dict[str, list[str]]) -> list[str]:
     return out
 
 
+def _write_choices(out: Path, budget: dict[str, Any], cfg: RunConfig, last: int, widen: int,
+                   reuse: Sequence[Path], grid: dict[str, list[str]], seeds: Sequence[int],
+                   choices: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``grid.csv``, ``choices.json`` and ``choices.md`` of a tune folder; returns the summary."""
+    summary = {**budget,
+               "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
+                        f"{cfg.data.validation_samples} held-out training images",
+               **({"reuse": [str(r) for r in reuse]} if reuse else {}),
+               "choices": choices}
+    with (out / "grid.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
+        w.writeheader()
+        w.writerows(rows)
+    (out / "choices.json").write_text(json.dumps(summary, indent=2) + "\n")
+    axes = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
+    lines = [f"# Tuned on validation data: {summary['score']}", "",
+             f"Grid (every method): {axes}; "
+             f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
+             + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge"
+                if widen else "")
+             + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
+             "|---|---|---:|---|---|---|"]
+    for m, c in choices.items():
+        pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
+        grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
+        edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
+        choice = " ".join(c["set"]) or "defaults"
+        lines.append(f"| {m} | {choice} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
+    (out / "choices.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
 def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], seeds: Sequence[int], out: Path,
          last: int = 5, progress: bool = True, device: Any = "cpu", widen: int = 0, reuse: Sequence[Path] = (),
          evaluators: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -172,7 +205,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         if differ:
             raise PsflError(f"--reuse {r}: its runs were made with another {', '.join(differ)}")
     out.mkdir(parents=True, exist_ok=True)
-    earlier, earlier_rows = _earlier_choices(out, budget)  # refused before any run
+    _earlier_choices(out, budget)  # another grid or budget is refused before any run
     if evaluators is not None:  # every machine the grid is run on trains and scores with the same ones
         share_evaluators(evaluators, [cfg.evaluator.cache_dir or None], (), log, who="psfl tune")
     rows: list[dict[str, Any]] = []
@@ -223,6 +256,16 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         mean = float(np.mean(per_seed))
         return (mean if np.isfinite(mean) else float("-inf")), per_seed
 
+    def publish() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Merge this call's choices so far into the folder's and write them (the merged
+        summary and rows)."""
+        with wait_lock(out / ".choices.lock"):
+            # read again under the folder's lock: another process on it may have written its methods meanwhile
+            earlier, earlier_rows = _earlier_choices(out, budget)
+            merged_rows = [r for r in earlier_rows if r["method"] not in choices] + rows
+            merged = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
+            return _write_choices(out, budget, cfg, last, widen, reuse, grid, seeds, merged, merged_rows), merged_rows
+
     for m in methods:
         points = method_points(cfg, m, grid)
         scored = {point_name(p): (*score(m, p), p) for p in points}
@@ -252,37 +295,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
                       "points": {n: _finite(s[0]) for n, s in scored.items()},
                       "grid_set": [f"{k}={v}" for k, v in scored[grid_name][2].items()],
                       "widened": {n: _finite(s) for n, s in widened.items()}, "on_edge": _on_edge(best[2], tried)}
-    with wait_lock(out / ".choices.lock"):
-        # read again under the folder's lock: another process on it may have written its methods meanwhile
-        earlier, earlier_rows = _earlier_choices(out, budget)
-        rows = [r for r in earlier_rows if r["method"] not in choices] + rows
-        choices = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
-        summary = {**budget,
-                   "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
-                            f"{cfg.data.validation_samples} held-out training images",
-                   **({"reuse": [str(r) for r in reuse]} if reuse else {}),
-                   "choices": choices}
-        with (out / "grid.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
-            w.writeheader()
-            w.writerows(rows)
-        (out / "choices.json").write_text(json.dumps(summary, indent=2) + "\n")
-        axes = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
-        lines = [f"# Tuned on validation data: {summary['score']}", "",
-                 f"Grid (every method): {axes}; "
-                 f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
-                 + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge"
-                    if widen else "")
-                 + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
-                 "|---|---|---:|---|---|---|"]
-        for m, c in choices.items():
-            pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
-            grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
-            edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
-            choice = " ".join(c["set"]) or "defaults"
-            lines.append(f"| {m} | {choice} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
-        (out / "choices.md").write_text("\n".join(lines) + "\n")
+        summary, merged_rows = publish()  # each method's choice is written as soon as it is made
     if evaluators is not None:
         # the evaluators of every run a score rests on (reused folders' runs included)
-        share_evaluators(evaluators, (), (Path(r["run"]) / "provenance.json" for r in rows), log, who="psfl tune")
+        share_evaluators(evaluators, (), (Path(r["run"]) / "provenance.json" for r in merged_rows), log,
+                         who="psfl tune")
     return summary
