@@ -136,15 +136,10 @@ def _on_edge(point: dict[str, str], tried: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def _write_choices(out: Path, budget: dict[str, Any], cfg: RunConfig, last: int, widen: int,
-                   reuse: Sequence[Path], grid: dict[str, list[str]], seeds: Sequence[int],
-                   choices: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``grid.csv``, ``choices.json`` and ``choices.md`` of a tune folder; returns the summary."""
-    summary = {**budget,
-               "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
-                        f"{cfg.data.validation_samples} held-out training images",
-               **({"reuse": [str(r) for r in reuse]} if reuse else {}),
-               "choices": choices}
+def _write_choices(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write a tune folder's ``grid.csv`` (``rows``), ``choices.json`` (``summary``: the
+    budget, the score's description and the choices) and ``choices.md``."""
+    grid, widen, choices = summary["grid"], summary["widen"], summary["choices"]
     with (out / "grid.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "point", "seed", "score", "run"], restval="")
         w.writeheader()
@@ -153,7 +148,8 @@ def _write_choices(out: Path, budget: dict[str, Any], cfg: RunConfig, last: int,
     axes = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
     lines = [f"# Tuned on validation data: {summary['score']}", "",
              f"Grid (every method): {axes}; "
-             f"budget {cfg.rounds} rounds x {cfg.train.local_steps} local steps, seeds {', '.join(map(str, seeds))}"
+             f"budget {summary['rounds']} rounds x {summary['local_steps']} local steps, "
+             f"seeds {', '.join(map(str, summary['seeds']))}"
              + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge"
                 if widen else "")
              + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
@@ -165,7 +161,6 @@ def _write_choices(out: Path, budget: dict[str, Any], cfg: RunConfig, last: int,
         choice = " ".join(c["set"]) or "defaults"
         lines.append(f"| {m} | {choice} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
     (out / "choices.md").write_text("\n".join(lines) + "\n")
-    return summary
 
 
 def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], seeds: Sequence[int], out: Path,
@@ -208,6 +203,10 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
     _earlier_choices(out, budget)  # another grid or budget is refused before any run
     if evaluators is not None:  # every machine the grid is run on trains and scores with the same ones
         share_evaluators(evaluators, [cfg.evaluator.cache_dir or None], (), log, who="psfl tune")
+    header = {**budget,
+              "score": f"mean over seeds of the last-{last}-round global accuracy (independent scorer) on "
+                       f"{cfg.data.validation_samples} held-out training images",
+              **({"reuse": [str(r) for r in reuse]} if reuse else {})}
     rows: list[dict[str, Any]] = []
     choices: dict[str, Any] = {}
 
@@ -264,7 +263,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
             earlier, earlier_rows = _earlier_choices(out, budget)
             merged_rows = [r for r in earlier_rows if r["method"] not in choices] + rows
             merged = {**{m: c for m, c in earlier.items() if m not in choices}, **choices}
-            return _write_choices(out, budget, cfg, last, widen, reuse, grid, seeds, merged, merged_rows), merged_rows
+            summary = {**header, "choices": merged}
+            _write_choices(out, summary, merged_rows)
+            return summary, merged_rows
 
     for m in methods:
         points = method_points(cfg, m, grid)
