@@ -1,8 +1,11 @@
-"""What the benchmark scripts share: alternating timing and the CPU they ran on."""
+"""What the benchmark scripts share: alternating timing, the CPU they ran on and where
+their JSON report goes."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -31,3 +34,13 @@ def cpu_line(threads: int) -> str:
     cpu = device_info("cpu")
     return (f"{cpu['name']} ({cpu.get('cpu_id', '?')}), {cpu['capability']} kernels; torch {torch.__version__}; "
             f"{threads} thread(s)")
+
+
+def write_report(report: object, out: str | None, echo: bool = True) -> None:
+    """The report as indented JSON, on stdout (``echo``) and in ``out`` (if given)."""
+    text = json.dumps(report, indent=2)
+    if echo:
+        print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_report
+
 
 def message_bytes(msg) -> int:
     """Bytes of one Flower message as the gRPC transport ships it: metadata protobuf +
@@ -164,10 +166,7 @@ def main() -> int:
             res = compare(name, cfg, args.repeats, tmp)
             report["results"].append(res)
             print(json.dumps(res, indent=2), flush=True)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out, echo=False)
     for r in report["results"]:
         b = r["bytes_per_round"]
         print(f"{r['setting']}: Flower/in-process round time {r['ratio_flower_over_inprocess']:.3f} "

@@ -14,11 +14,12 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import write_report
 
 
 def run_one(k: int, tmp: Path) -> dict:
@@ -63,11 +64,7 @@ def main() -> int:
         per = (b["peak_rss_mib"] - a["peak_rss_mib"]) * 1024 / (b["K"] - a["K"])
         report["rss_growth_per_client_kib"] = round(per, 1)
         report["growth_vs_state"] = round(per / b["client_state_kib"], 2)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
     return 0
 
 

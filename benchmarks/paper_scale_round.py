@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_report
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,11 +66,7 @@ def main() -> int:
         "torch": torch.__version__, "machine": platform.processor() or
         platform.machine(), "cpus": torch.get_num_threads(),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    write_report(out, args.out)
     return 0
 
 

@@ -131,23 +131,17 @@ def judge(inputs: dict[str, FigureInput], method_label: str = "PSFL") -> list[di
                              math.hypot(gaps[hard].se, gaps[s].se), min(gaps[hard].n, gaps[s].n)) for s in simple]
                 add("Figs. 4-5: ... more so on the complex dataset", hard,
                     ", ".join(f"gap {k} {g.d:+.3f}" for k, g in gaps.items()), more)
-    for fig, metric in (("fig8", "global_accuracy"), ("fig8", "local_accuracy")):
+    orders = (("fig8", "Figs. 7-8: a smaller r is worse", ["r = 0.9", "r = 0.6", "r = 0.3"], ">"),
+              ("fig10", "Figs. 9-10: PSFL w/o AGP >= PSFL >= PSFL w/o PLD", ["PSFL w/o AGP", "PSFL", "PSFL w/o PLD"],
+               ">="))
+    for fig, claim, labels, rel in orders:
         if method_label != "PSFL" or fig not in inputs:
             continue
         inp = inputs[fig]
-        labels = ["r = 0.9", "r = 0.6", "r = 0.3"]
-        for ds in inp.datasets:
-            add(f"Figs. 7-8: a smaller r is worse ({metric})", ds,
-                ", ".join(f"{lab}: {_mean(inp, ds, lab, metric)}" for lab in labels), chain(inp, ds, labels, metric))
-    for fig, metric in (("fig10", "global_accuracy"), ("fig10", "local_accuracy")):
-        if method_label != "PSFL" or fig not in inputs:
-            continue
-        inp = inputs[fig]
-        labels = ["PSFL w/o AGP", "PSFL", "PSFL w/o PLD"]
-        for ds in inp.datasets:
-            add(f"Figs. 9-10: PSFL w/o AGP >= PSFL >= PSFL w/o PLD ({metric})", ds,
-                ", ".join(f"{lab}: {_mean(inp, ds, lab, metric)}" for lab in labels),
-                chain(inp, ds, labels, metric, ">="))
+        for metric in ("global_accuracy", "local_accuracy"):
+            for ds in inp.datasets:
+                add(f"{claim} ({metric})", ds, ", ".join(f"{lab}: {_mean(inp, ds, lab, metric)}" for lab in labels),
+                    chain(inp, ds, labels, metric, rel))
     for fig in ("fig11", "fig12"):
         if fig not in inputs:
             continue
