@@ -284,6 +284,21 @@ def test_pixel_variance_is_the_unbiased_variance_on_any_thread_count():
     assert got[0] == pytest.approx(expected, rel=1e-12)
 
 
+def test_accuracy_baselines_and_the_chance_bound_equal_a_hand_computation():
+    """One class for every image scores the most frequent class's share (here class 2:
+    5 of 8 labels, counted by hand), guessing 1/C; the bound adds 3 binomial sd."""
+    from psfl.evaluate.baselines import accuracy_baselines, chance_bound
+
+    labels = np.array([2, 0, 2, 2, 1, 2, 3, 2])
+    assert accuracy_baselines(labels, 5) == {"majority_class": 5 / 8, "uniform": 0.2}
+    assert accuracy_baselines(torch.tensor([[4], [4]]), 5)["majority_class"] == 1.0  # any shape, a tensor
+    # p = 0.112 on 1000 images: 0.112 + 3 * sqrt(0.112 * 0.888 / 1000) = 0.112 + 3 * 0.009973
+    assert chance_bound(0.112, 1000) == pytest.approx(0.141919, abs=1e-6)
+    assert chance_bound(0.5, 100, sds=2) == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        chance_bound(0.1, 0)
+
+
 def test_trivial_baselines_equal_a_hand_computation_and_are_computed_once_per_split():
     """Per-image PSNR of the constant, dataset-mean and class-mean reconstructions, averaged
     (numpy float64, written out here), on [0, 1] images; and the training statistics of a

@@ -284,6 +284,21 @@ def test_run_records_how_it_was_made(tmp_path, cache):
     b = prov["baselines"]
     assert set(b) == {"constant", "dataset_mean", "class_mean"}
     assert b["constant"]["psnr"] < b["dataset_mean"]["psnr"] < b["class_mean"]["psnr"]
+    # the accuracy baselines are those of the labels of the scored images, recomputed here
+    # from the run's data alone (as psfl tune does) and by hand from the seeded subset
+    from psfl.data import load_dataset
+    from psfl.methods.base import global_accuracy_baselines, global_test_subset
+
+    cfg = load_config(None, tiny_overrides(cache, rounds=1))
+    y = np.asarray(load_dataset("fashion_mnist").y_test)[global_test_subset(1000, 64, cfg.seed).numpy()]
+    assert len(y) == prov["global_test_images"] == 64
+    share = np.bincount(y, minlength=10).max() / 64
+    assert prov["accuracy_baselines"] == {"majority_class": pytest.approx(share), "uniform": 0.1}
+    assert global_accuracy_baselines(cfg) == (prov["accuracy_baselines"], 64)
+    from psfl.experiments.report import summary_rows
+
+    rows = dict(summary_rows(read_records(tmp_path / "r" / "metrics.jsonl"), tmp_path / "r"))
+    assert rows["  baseline: one class for every image (the most frequent)"] == f"{share:.4f}"
 
 
 def test_divergence_stops_with_exit_3_and_keeps_completed_rounds(tmp_path, cache, capsys):

@@ -23,13 +23,14 @@ def test_grid_points_drop_the_fields_a_method_does_not_read():
             parse_grid(bad)
 
 
-def test_tune_chooses_the_best_validation_point_and_refuses_the_test_split(tmp_path, cache, capsys):
+def test_tune_chooses_the_best_validation_point_and_refuses_the_test_split(tmp_path, cache, capsys, monkeypatch):
     # fedavg-csc last: it does not read train.lr, so a point of psfl leaking into it fails
     base = ["tune", "--methods", "fedavg,psfl,fedavg-csc", "--grid", "train.lr=0.003,0.05", "--last", "2", "--out",
             str(tmp_path), "--no-progress"]
     over = [a for o in tiny_overrides(cache, rounds=2, method="fedavg") for a in ("--set", o)]
     assert main(base + over) == 2 and "validation_samples" in capsys.readouterr().err  # no test-split tuning
     assert main(base + over + ["--set", "data.validation_samples=570"]) == 0
+    log = capsys.readouterr().out
     res = json.loads((tmp_path / "choices.json").read_text())
     for method in ("fedavg", "psfl"):
         scores = {}
@@ -39,8 +40,22 @@ def test_tune_chooses_the_best_validation_point_and_refuses_the_test_split(tmp_p
             scores[point] = sum(r["global"]["accuracy"] for r in recs[-2:]) / 2
             prov = json.loads((run / "provenance.json").read_text())
             assert prov["data"]["scored_on"].startswith("validation") and prov["data"]["test_images"] == 570
-        assert res["choices"][method]["points"] == pytest.approx(scores)
-        assert res["choices"][method]["set"] == [max(scores, key=lambda k: (scores[k], k == "train.lr=0.003"))]
+        c = res["choices"][method]
+        assert c["points"] == pytest.approx(scores)
+        assert c["set"] == [max(scores, key=lambda k: (scores[k], k == "train.lr=0.003"))]
+        # chance: the runs' own majority-class share of the 64 scored images + 3 sd, by hand
+        p = prov["accuracy_baselines"]["majority_class"]
+        assert c["chance"] == pytest.approx({"majority_class": p, "images": 64,
+                                             "bound": p + 3 * (p * (1 - p) / 64) ** 0.5})
+        assert c["above_chance"] == (c["score"] > c["chance"]["bound"])
+        assert (f"psfl tune: {method}: no point rose above chance" in log) == (not c["above_chance"])
+    # the same finished runs against a bound of 0 (scoring only): every choice is above it, unflagged
+    import psfl.evaluate.baselines as baselines
+
+    monkeypatch.setattr(baselines, "chance_bound", lambda p, n: 0.0)
+    assert main(base + over + ["--set", "data.validation_samples=570"]) == 0
+    assert "rose above chance" not in capsys.readouterr().out
+    assert all(c["above_chance"] for c in json.loads((tmp_path / "choices.json").read_text())["choices"].values())
     assert "| fedavg |" in (tmp_path / "choices.md").read_text() and res["validation_samples"] == 570
 
 

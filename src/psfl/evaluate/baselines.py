@@ -10,10 +10,16 @@ anything image-specific. Every reconstruction number psfl reports is shown besid
 Statistics come from the training split; the scores are on the test images given.
 Pixels are in [0, 1] (de-normalised), exactly as :func:`psfl.evaluate.evaluate_reconstruction`
 scores models.
+
+Accuracy has its trivial baselines too (:func:`accuracy_baselines`): guessing (1/C) and
+one class for every image (the most frequent class's share of the scored labels: what the
+scorer reaches on any constant reconstruction), and :func:`chance_bound` says when a
+score is above them.
 """
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +111,25 @@ def trivial_baselines(stats: TrainStatistics, x_test: Tensor, y_test: Tensor,
         "class_mean": stats.class_mean[y_test],
     }
     return {name: _scores(preds[name].contiguous(), test) for name in BASELINES}
+
+
+def accuracy_baselines(labels: Any, num_classes: int) -> dict[str, float]:
+    """What a classifier scores on images with these ``labels`` without reading them:
+    ``uniform`` (1/C, guessing) and ``majority_class`` (the most frequent class's share:
+    one class for every image, the best constant answer; a scorer shown one and the same
+    reconstruction for every image scores at most this)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=num_classes)
+    return {"majority_class": float(counts.max() / counts.sum()), "uniform": 1.0 / num_classes}
+
+
+def chance_bound(majority_class: float, images: int, sds: float = 3.0) -> float:
+    """The accuracy a score must exceed to count as above chance: the majority-class share
+    p plus ``sds`` binomial standard deviations, sqrt(p (1 - p) / n), of ``images`` scored
+    predictions (a yardstick, not a test: a run's rounds score the same images)."""
+    if images < 1:
+        raise ValueError(f"chance_bound needs at least one scored image, got {images}")
+    p = majority_class
+    return p + sds * math.sqrt(p * (1 - p) / images)
 
 
 def pixel_variance(x_train: Tensor, input: Any = None) -> float:

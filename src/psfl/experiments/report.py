@@ -86,6 +86,12 @@ def baseline_rows(baselines: dict[str, dict[str, float]]) -> list[tuple[str, str
     return [(f"  baseline: {names.get(k, k)}", f"{v['psnr']:.2f} dB / {v['ssim']:.4f}") for k, v in baselines.items()]
 
 
+def accuracy_baseline_rows(baselines: dict[str, float]) -> list[tuple[str, str]]:
+    """The accuracy of answers that ignore the image (``provenance["accuracy_baselines"]``)."""
+    names = {"majority_class": "one class for every image (the most frequent)", "uniform": "guessing (1/C)"}
+    return [(f"  baseline: {names.get(k, k)}", _num(v)) for k, v in baselines.items()]
+
+
 def bandwidth_rows(models: dict[str, Any]) -> list[tuple[str, str]]:
     """One row per SC model of the run: k/n and real channel symbols per image."""
     from psfl.models import format_ratio
@@ -110,6 +116,7 @@ def summary_rows(records: Sequence[dict[str, Any]], run_dir: Path | None = None)
     rows = [
         (headline, _num(g["accuracy"])),
         ("  global accuracy, round 1", _num(records[0]["global"]["accuracy"])),
+        *accuracy_baseline_rows(prov.get("accuracy_baselines", {})),
         ("global PSNR / SSIM (last round)", f"{_num(g.get('psnr'), '{:.2f}')} dB / {_num(g.get('ssim'))}"),
         *baseline_rows(prov.get("baselines", {})),
         ("  loss classifier's accuracy (it is in the loss)", _num(g.get("loss_clf_accuracy"))),

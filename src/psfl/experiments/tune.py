@@ -31,6 +31,13 @@ widening of it, with a larger ``widen``) re-runs none of its points. Every run a
 must hold the stored config of its point: a finished run made with another config is
 refused, never scored.
 
+Chance: a point's score is compared with what the scorer reaches on any constant
+reconstruction (the most frequent class's share of the scored validation images, over the
+seeds) plus 3 binomial standard deviations (``psfl.evaluate.baselines.chance_bound``). A
+method whose best point is not above that bound is recorded ``above_chance: false`` and
+said so: no point of it learned within the budget, and its choice (the highest of
+chance-level scores) is not a tuned setting.
+
 ``evaluators`` (a folder, as for ``psfl reproduce``): the classifiers kept there go into
 the evaluator cache before any run, and the ones every scored run used are copied there
 afterwards, so that a grid finished on another machine trains against and is scored by
@@ -152,14 +159,16 @@ def _write_choices(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]
              f"seeds {', '.join(map(str, summary['seeds']))}"
              + (f"; widened by up to {widen} value(s) per side where the choice sat on the grid's edge"
                 if widen else "")
-             + ".", "", "| method | choice | score | grid's choice | still on the edge | every point |",
-             "|---|---|---:|---|---|---|"]
+             + ".", "", "| method | choice | score | above chance | grid's choice | still on the edge | every point |",
+             "|---|---|---:|---|---|---|---|"]
     for m, c in choices.items():
         pts = "; ".join(f"{p}: {'diverged' if s is None else f'{s:.3f}'}" for p, s in c["points"].items())
         grid_set = " ".join(c.get("grid_set", c["set"])) or "defaults"
         edge = (", ".join(c["on_edge"]) or "none") if "on_edge" in c else "not recorded"
         choice = " ".join(c["set"]) or "defaults"
-        lines.append(f"| {m} | {choice} | {c['score']:.3f} | {grid_set} | {edge} | {pts} |")
+        above = (("yes" if c["above_chance"] else "**no**") + f" (bound {c['chance']['bound']:.3f})"
+                 if "chance" in c else "not recorded")
+        lines.append(f"| {m} | {choice} | {c['score']:.3f} | {above} | {grid_set} | {edge} | {pts} |")
     (out / "choices.md").write_text("\n".join(lines) + "\n")
 
 
@@ -167,9 +176,11 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
          last: int = 5, progress: bool = True, device: Any = "cpu", widen: int = 0, reuse: Sequence[Path] = (),
          evaluators: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the grid for every method (module docstring); returns the choices."""
+    from psfl.evaluate.baselines import chance_bound
     from psfl.evaluate.evaluator import share_evaluators
     from psfl.experiments.reproduce import IGNORED_FIELDS
     from psfl.methods import METHODS, check_run_config
+    from psfl.methods.base import global_accuracy_baselines
     from psfl.runners.inprocess import CONFIG, holds_results, read_records, run_federated
     from psfl.utils.errors import DivergenceError
     from psfl.utils.lock import wait_lock
@@ -209,6 +220,20 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
               **({"reuse": [str(r) for r in reuse]} if reuse else {})}
     rows: list[dict[str, Any]] = []
     choices: dict[str, Any] = {}
+    chance_of: dict[str, tuple[dict[str, float], int]] = {}  # a run's data and seed -> its accuracy baselines
+
+    def chance(run_cfgs: list[RunConfig]) -> dict[str, float]:
+        """Over the seeds' runs of a point: the majority-class share of the scored images
+        (their mean), their number (in all) and the bound a score must exceed."""
+        got = []
+        for rc in run_cfgs:
+            key = json.dumps([repr(rc.data), rc.seed])
+            if key not in chance_of:
+                chance_of[key] = global_accuracy_baselines(rc)
+            got.append(chance_of[key])
+        p = float(np.mean([b["majority_class"] for b, _ in got]))
+        n = sum(k for _, k in got)
+        return {"majority_class": p, "images": n, "bound": chance_bound(p, n)}
 
     def finished(run_dir: Path, run_cfg: RunConfig) -> list[dict[str, Any]]:
         """The run's records if it is finished with the point's config (refused if made
@@ -223,14 +248,17 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
                             "from this point's); move it away or use another --out")
         return done
 
+    def run_config(m: str, point: dict[str, str], seed: int) -> RunConfig:
+        # a copy: load_config writes into its base, and one method's point must not
+        # leak into the next method's runs
+        return check_run_config(load_config(None, [f'method="{m}"', f"seed={seed}",
+                                                   *(f"{k}={v}" for k, v in point.items())],
+                                            base=copy.deepcopy(cfg)))
+
     def score(m: str, point: dict[str, str]) -> tuple[float, list[float]]:
         per_seed = []
         for seed in seeds:
-            # a copy: load_config writes into its base, and one method's point must not
-            # leak into the next method's runs
-            run_cfg = check_run_config(load_config(None, [f'method="{m}"', f"seed={seed}",
-                                                          *(f"{k}={v}" for k, v in point.items())],
-                                                   base=copy.deepcopy(cfg)))
+            run_cfg = run_config(m, point, seed)
             where = Path(m) / point_name(point) / f"seed{seed}"
             run_dir = out / where
             done, src = [], str(run_dir)
@@ -292,7 +320,13 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
         best = scored[best_name]
         if not np.isfinite(best[0]):
             raise PsflError(f"psfl tune: every point of {m} diverged; nothing to choose")
+        at = chance([run_config(m, best[2], s) for s in seeds])
+        if best[0] <= at["bound"]:
+            log(f"psfl tune: {m}: no point rose above chance (best {best[0]:.3f} <= {at['bound']:.3f}: the "
+                f"most frequent class's share {at['majority_class']:.3f} of the scored images + 3 sd); its "
+                "choice is not a tuned setting at this budget")
         choices[m] = {"set": [f"{k}={v}" for k, v in best[2].items()], "score": best[0], "per_seed": best[1],
+                      "chance": at, "above_chance": bool(best[0] > at["bound"]),
                       "points": {n: _finite(s[0]) for n, s in scored.items()},
                       "grid_set": [f"{k}={v}" for k, v in scored[grid_name][2].items()],
                       "widened": {n: _finite(s) for n, s in widened.items()}, "on_edge": _on_edge(best[2], tried)}

@@ -357,6 +357,24 @@ def run_dataset(cfg: RunConfig) -> Any:
     return ds
 
 
+def global_test_subset(n_test: int, eval_samples: int, seed: int) -> Tensor:
+    """The (sorted) indices of the test images a run scores its global model on: all
+    ``n_test`` (``eval_samples`` <= 0) or a subset of ``eval_samples`` drawn from the run's seed."""
+    k = n_test if eval_samples <= 0 else min(eval_samples, n_test)
+    return torch.randperm(n_test, generator=make_generator(seed, 0x7E57))[:k].sort().values
+
+
+def global_accuracy_baselines(cfg: RunConfig) -> tuple[dict[str, float], int]:
+    """The accuracy baselines (``psfl.evaluate.baselines.accuracy_baselines``) of the
+    global test subset a run of ``cfg`` scores, and its size, from the run's data alone
+    (what :func:`build_env` records in ``provenance["accuracy_baselines"]``)."""
+    from psfl.evaluate.baselines import accuracy_baselines
+
+    ds = run_dataset(cfg)
+    idx = global_test_subset(int(ds.y_test.shape[0]), cfg.data.eval_samples, cfg.seed)
+    return accuracy_baselines(np.asarray(ds.y_test)[idx.numpy()], int(ds.num_classes)), int(idx.numel())
+
+
 def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device = "cpu") -> FederatedEnv:
     """Data, partition, the two frozen classifiers, the channel, the global test subset
     and the trivial baselines for a run (deterministic). ``device``: where models,
@@ -367,7 +385,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
     from psfl import data as D
     from psfl.channel import create_channel
     from psfl.evaluate import load_evaluator
-    from psfl.evaluate.baselines import baselines_of, statistics_of
+    from psfl.evaluate.baselines import accuracy_baselines, baselines_of, statistics_of
     from psfl.models import MODELS
     from psfl.training.losses import mse_scale_for
 
@@ -403,9 +421,7 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
                                       checkpoint=ev.checkpoint or None, **common))
     scorer = _frozen(load_evaluator(arch=ev.score_arch, epochs=ev.score_epochs, seed=ev.score_seed,
                                     checkpoint=ev.score_checkpoint or None, **common))
-    n_test = prepared.x_test.shape[0]
-    k = n_test if d.eval_samples <= 0 else min(d.eval_samples, n_test)
-    idx = torch.randperm(n_test, generator=make_generator(cfg.seed, 0x7E57))[:k].sort().values
+    idx = global_test_subset(prepared.x_test.shape[0], d.eval_samples, cfg.seed)
     x_test, y_test = prepared.x_test[idx], prepared.y_test[idx]
     res = prepared.input
     var = statistics_of(prepared).variance
@@ -426,7 +442,8 @@ def build_env(cfg: RunConfig, progress: bool = True, device: str | torch.device 
                        "scorer": clf_record(scorer, "independent: headline accuracy")},
         "mse_scale": mse_scale, "pixel_variance": var,
         "baselines": baselines_of(prepared, idx),
-        "global_test_images": int(k),
+        "accuracy_baselines": accuracy_baselines(y_test.cpu().numpy(), int(ds.num_classes)),
+        "global_test_images": int(idx.numel()),
     }
     return FederatedEnv(
         data=ClientShards(clients, [int(c.x.shape[0]) for c in clients], part.class_counts),
