@@ -1,5 +1,6 @@
 """Every method behind one interface: tiny federated runs, real wire formats, compare."""
 import csv
+import json
 import math
 
 import pytest
@@ -84,6 +85,9 @@ def test_tiny_compare_cli(cache, tmp_path, capsys):
                  "summary.md"):
         assert (out / name).stat().st_size > 0
     assert "| psfl |" in capsys.readouterr().out
+    share = json.loads((out / "psfl" / "provenance.json").read_text())["accuracy_baselines"]["majority_class"]
+    assert f"one class for every image (the most frequent) {share:.4f}; guessing 0.1000" in \
+        (out / "summary.md").read_text()
 
 
 def test_fedpaq_buckets_have_their_own_norms():

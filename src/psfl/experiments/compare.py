@@ -96,8 +96,8 @@ def plot_compare(results: dict[str, list[dict[str, Any]]], out: Path, num_client
     return paths
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path,
-                 baselines: dict[str, dict[str, float]] | None = None) -> tuple[Path, Path]:
+def write_tables(rows: list[dict[str, Any]], out: Path, baselines: dict[str, dict[str, float]] | None = None,
+                 accuracy_baselines: dict[str, float] | None = None) -> tuple[Path, Path]:
     csv_path, md_path = out / "summary.csv", out / "summary.md"
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -117,6 +117,10 @@ def write_tables(rows: list[dict[str, Any]], out: Path,
     if baselines:
         lines += ["", "Trivial reconstructions of the same test images (PSNR / SSIM): " + "; ".join(
             f"{k.replace('_', '-')} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for k, v in baselines.items())]
+    if accuracy_baselines:
+        lines += ["", "Accuracy without reading the images (same test images): one class for every image "
+                  f"(the most frequent) {accuracy_baselines['majority_class']:.4f}; guessing "
+                  f"{accuracy_baselines['uniform']:.4f}"]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -155,6 +159,7 @@ def compare(cfg: RunConfig, methods: Sequence[str], out: Path, progress: bool = 
                                        strict=m == cfg.method, overwrite=overwrite).records
     rows = [{**summarize(m, recs), "bandwidth_ratio": bandwidth_of(out / m)} for m, recs in results.items()]
     baselines = env.provenance.get("baselines")
-    paths = list(write_tables(rows, out, baselines)) + plot_compare(results, out, cfg.data.num_clients, baselines)
+    paths = (list(write_tables(rows, out, baselines, env.provenance.get("accuracy_baselines")))
+             + plot_compare(results, out, cfg.data.num_clients, baselines))
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     return rows, paths
