@@ -220,14 +220,14 @@ def tune(cfg: RunConfig, methods: Sequence[str], grid: dict[str, list[str]], see
               **({"reuse": [str(r) for r in reuse]} if reuse else {})}
     rows: list[dict[str, Any]] = []
     choices: dict[str, Any] = {}
-    chance_of: dict[str, tuple[dict[str, float], int]] = {}  # a run's data and seed -> its accuracy baselines
+    chance_of: dict[tuple[str, int], tuple[dict[str, float], int]] = {}  # (data config, seed) -> baselines, images
 
     def chance(run_cfgs: list[RunConfig]) -> dict[str, float]:
         """Over the seeds' runs of a point: the majority-class share of the scored images
         (their mean), their number (in all) and the bound a score must exceed."""
         got = []
         for rc in run_cfgs:
-            key = json.dumps([repr(rc.data), rc.seed])
+            key = (repr(rc.data), rc.seed)
             if key not in chance_of:
                 chance_of[key] = global_accuracy_baselines(rc)
             got.append(chance_of[key])
